@@ -27,7 +27,8 @@ def segment_group(group: Group, tokenizer, max_steps: int | None) -> Group:
     for sample in group.samples:
         spans = segment_steps(sample.response_text, max_steps=max_steps)
         group.step_spans.append(spans)
-        group.token_steps.append(token_steps_for_response(tokenizer, sample.response_token_ids, spans))
+        group.token_steps.append(
+            token_steps_for_response(tokenizer, sample.response_token_ids, spans, text=sample.response_text))
     return group
 
 
