@@ -56,15 +56,16 @@ def test_ray_job_submit_runs_the_tiny_preset_to_success(loopback_head, tmp_path)
          "rollout.engine=hf", "reward.engine=hf", "train.total_updates=1", "run.progress_bar=false"],
         env=env, capture_output=True, text=True, timeout=900, cwd=REPO,
     )
-    deadline = time.time() + 60
-    status = ""
-    while time.time() < deadline:
-        status = subprocess.run([_ray_cli(), "job", "status", "--address", address, submission_id],
-                                env=env, capture_output=True, text=True, timeout=60).stdout
-        if any(word in status for word in ("SUCCEEDED", "FAILED", "STOPPED")):
-            break
-        time.sleep(2)
-    assert "SUCCEEDED" in status, f"{status}\n--- submit output ---\n{submit.stdout[-4000:]}\n{submit.stderr[-4000:]}"
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 120
+    status = client.get_job_status(submission_id)
+    while not status.is_terminal() and time.time() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(submission_id)
+    assert status == JobStatus.SUCCEEDED, (
+        f"{status}\n--- submit output ---\n{submit.stdout[-4000:]}\n{submit.stderr[-4000:]}")
     run_dir = run_root / "tiny_test"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["update"] for m in metrics] == [1]

@@ -80,10 +80,11 @@ class RewardActor(RewardService):
 
 @ray.remote
 class ReferenceActor(ReferenceService):
-    def __init__(self, model_dir: str, dtype: str, num_threads: int):
+    def __init__(self, model_dir: str, dtype: str, num_threads: int, temperature: float, device: str):
         from cdra_ray.learner.reference import ReferencePolicy
 
-        super().__init__(ReferencePolicy(model_dir, dtype=dtype, num_threads=num_threads))
+        super().__init__(ReferencePolicy(model_dir, dtype=dtype, num_threads=num_threads, temperature=temperature,
+                                         device=device))
 
 
 @ray.remote
@@ -144,7 +145,7 @@ def learner_settings(config: Config, model_dir: str):
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int) -> dict[str, Any]:
     if kind == "hf":
-        return {"dtype": config.model.dtype, "seed": config.train.seed}
+        return {"dtype": config.model.dtype, "seed": config.train.seed, "device": config.learner.device}
     return {
         "dtype": config.model.dtype, "seed": config.train.seed, "max_model_len": max_model_len,
         "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
@@ -182,7 +183,8 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
                                        max_concurrency=MAX_CONCURRENT_CALLS,
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
-                                       ).remote(reference_dir, config.model.dtype, threads_for(lc.num_cpus))
+                                       ).remote(reference_dir, config.model.dtype, threads_for(lc.num_cpus),
+                                                r.temperature, device)
     learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
                                    runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                    ).remote(learner_settings(config, policy_dir))

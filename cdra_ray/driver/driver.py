@@ -61,6 +61,19 @@ def group_metrics(groups: list[Group]) -> dict[str, float]:
     }
 
 
+def namespaced_learner_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Learner metrics under ``learner/``, except advantage statistics under ``advantage/`` (a headline)."""
+    out = {}
+    for key, value in metrics.items():
+        if key == "zero_advantage_rate":
+            out["advantage/zero_rate"] = value
+        elif key.startswith("advantage_"):
+            out["advantage/" + key.removeprefix("advantage_")] = value
+        else:
+            out["learner/" + key] = value
+    return out
+
+
 class CDPADriver:
     def __init__(self, config: Config, run_dir: Path, scenarios: list[Scenario], actors: Actors,
                  state: DriverState | None = None):
@@ -125,7 +138,7 @@ class CDPADriver:
         for group in batch:
             for phase, seconds in group.timings.items():
                 self.timer.add(phase, seconds)
-        metrics = {**group_metrics(batch), **learner_metrics}
+        metrics = {**group_metrics(batch), **namespaced_learner_metrics(learner_metrics)}
         metrics["groups/policy_lag_max"] = float(max(version_before - g.policy_version for g in batch))
         metrics["groups/dropped_stale_total"] = float(self.buffer.dropped_stale)
         metrics.update(ray.get(self.actors.reward.metrics.remote()))
