@@ -1,0 +1,568 @@
+"""The CDPA learner: a DeepSpeed engine that turns finished groups into one policy update.
+
+One call of :meth:`Learner.train_on_groups` is one policy version::
+
+    groups ─► build_batch ─► advantages (per group, registry estimator)
+           ─► pi_old = the learner's own log-probs before the first gradient step
+           ─► for each PPO epoch, for each optimizer step (mini-batch), for each micro-batch:
+                  log pi_theta ─► cdpa_policy_loss (clip + beta*KL) ─► backward (scaled, see below)
+              optimizer step (clipped grad norm)
+           ─► policy_version += 1
+
+How it departs from a textbook PPO loop, and why:
+
+- pi_old is not a separate forward pass when there is exactly one optimizer step per batch
+  (``ppo_epochs=1``, no mini-batches: the paper's setting). Then the first and only gradient step sees
+  pi_theta == pi_old, so pi_old is the detached value of the same forward pass, bit for bit; this saves a
+  third of the compute. Otherwise pi_old comes from a no-grad pass before the first step.
+- Micro-batches are scaled by their share of the aggregation's denominator (responses for the ``seq-mean-*``
+  aggregations, tokens for ``token-mean``), so accumulating them gives exactly the loss of the whole
+  mini-batch at once, whatever the micro-batch size. DeepSpeed runs with ``managed_gradient_accumulation``
+  off: a batch has a varying number of micro-batches and ``step()`` marks the boundary.
+- Dropout is switched off (``disable_dropout``): with dropout the ratio pi_theta/pi_old is noise even before
+  any update.
+
+Usable without Ray: a single process sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT itself when they are
+missing and initialises torch.distributed with gloo (CPU) or NCCL (CUDA). DeepSpeed is imported inside
+methods so a Ray actor class wrapping this module pickles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from cdra_ray.learner.batch import TrainBatch, build_batch, micro_batches
+from cdra_ray.learner.deepspeed_config import build_deepspeed_config
+from cdra_ray.learner.logprobs import response_logprobs
+from cdra_ray.messages import Group
+
+log = logging.getLogger(__name__)
+
+AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean")
+DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+STATE_TAG = "state"
+
+
+@dataclass
+class LearnerSettings:
+    """Everything the learner needs, explicitly; the lead maps the run config onto it."""
+
+    model_dir: str
+    # optimisation
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    # CDPA loss
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None  # DAPO clip-higher; None = clip_eps (symmetric, the paper)
+    beta: float = 0.0  # KL coefficient; > 0 needs ref_logprobs on every group
+    aggregation: str = "seq-mean-token-sum"
+    importance_cap: float | None = None  # truncated importance weight min(pi_old/pi_behaviour, cap); None = off
+    advantage: str = "cdpa"  # name in cdra_ray.algorithms.advantages.ADVANTAGE_ESTIMATORS
+    advantage_eps: float = 1e-6
+    advantage_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"normalize": "position"}
+    temperature: float = 1.0  # the sampling temperature: log-probs are of softmax(logits / temperature)
+    # batching
+    micro_batch_size: int = 5  # responses per forward/backward
+    mini_batch_size: int | None = None  # responses per optimizer step; None = the whole batch
+    ppo_epochs: int = 1
+    logprob_chunk_size: int = 1024  # token rows per log-softmax chunk
+    # engine
+    zero_stage: int = 0
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
+    offload_optimizer: str = "none"  # none | cpu
+    offload_params: str = "none"  # none | cpu (ZeRO-3 only)
+    gradient_checkpointing: bool = False
+    disable_dropout: bool = True
+    attn_implementation: str = "sdpa"
+    device: str = "cpu"  # cpu | cuda
+    dist_backend: str = "gloo"  # gloo | nccl
+    num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"LearnerSettings.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"LearnerSettings.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"LearnerSettings.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dist_backend not in ("gloo", "nccl"):
+            raise ValueError(f"LearnerSettings.dist_backend must be 'gloo' or 'nccl', got {self.dist_backend!r}")
+        if self.dist_backend == "nccl" and self.device != "cuda":
+            raise ValueError("LearnerSettings.dist_backend 'nccl' needs device 'cuda'")
+        for name in ("micro_batch_size", "ppo_epochs", "logprob_chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LearnerSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise ValueError(f"LearnerSettings.mini_batch_size must be >= 1 or None, got {self.mini_batch_size}")
+        if self.beta < 0:
+            raise ValueError(f"LearnerSettings.beta must be >= 0, got {self.beta}")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"LearnerSettings.clip_eps must be in (0, 1), got {self.clip_eps}")
+        if self.importance_cap is not None and self.importance_cap <= 0:
+            raise ValueError(f"LearnerSettings.importance_cap must be > 0 or None, got {self.importance_cap}")
+        if self.temperature <= 0:
+            raise ValueError(f"LearnerSettings.temperature must be > 0, got {self.temperature}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"LearnerSettings.num_threads must be >= 1 or None, got {self.num_threads}")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def init_distributed(backend: str) -> None:
+    """Join (or create, as a world of one) the torch.distributed group DeepSpeed needs.
+
+    Missing env vars are filled for a single process so no launcher (and no mpi4py) is needed; a launcher or
+    the Ray shell that sets them for several ranks wins. DeepSpeed's shared-memory comm op is marked
+    incompatible first: it would compile C++ for 25-40 s and is only a speed-up for multi-rank CPU all-reduce.
+    """
+    import importlib
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    importlib.import_module("deepspeed.ops").__compatible_ops__["deepspeed_shm_comm"] = False
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a scratch directory that replaces ``target`` only when the block finishes without an exception.
+
+    A crash inside the block leaves ``target`` (the previous checkpoint) untouched and removes the scratch.
+    The swap is two renames; should the process die between them, ``target`` is missing and the previous
+    version sits at :func:`previous_path` — :meth:`Learner.load_state` looks there. All ranks must enter.
+    """
+    target = Path(target)
+    scratch = target.with_name(f".{target.name}.partial")
+    previous = previous_path(target)
+    if _rank() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir()
+    _barrier()
+    try:
+        yield scratch
+        _barrier()
+    except BaseException:
+        if _rank() == 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if _rank() == 0:
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.exists():
+            os.rename(target, previous)
+        os.rename(scratch, target)
+        shutil.rmtree(previous, ignore_errors=True)
+    _barrier()
+
+
+def previous_path(target: str | Path) -> Path:
+    """Where :func:`atomic_directory` parks the old version of ``target`` during the swap."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.previous")
+
+
+def _micro_batch_weight(aggregation: str, rows: int, tokens: int, total_rows: int, total_tokens: int) -> float:
+    """The share of the mini-batch loss's denominator that one micro-batch holds.
+
+    ``seq-mean-*`` averages over responses, ``token-mean`` over tokens; weighting each micro-batch's own
+    aggregated loss by this share and summing gives the mini-batch loss exactly.
+    """
+    if aggregation == "token-mean":
+        return tokens / total_tokens
+    return rows / total_rows
+
+
+def _accumulate(sums: dict[str, float], metrics: dict[str, float], share: float) -> None:
+    """Fold one micro-batch's loss metrics into batch-level ones: ``*_min``/``*_max`` by min/max, counts
+    (``num_*``) by sum, everything else as a mean weighted by the micro-batch's share of the batch."""
+    for key, value in metrics.items():
+        value = float(value)
+        if key.endswith("_min"):
+            sums[key] = min(sums.get(key, value), value)
+        elif key.endswith("_max"):
+            sums[key] = max(sums.get(key, value), value)
+        elif key.startswith("num_"):
+            continue  # the learner reports its own counts
+        else:
+            sums[key] = sums.get(key, 0.0) + value * share
+
+
+class Learner:
+    """Owns the policy's trainable copy, its optimizer and its version counter."""
+
+    def __init__(self, settings: LearnerSettings) -> None:
+        self.settings = s = settings
+        model_dir = Path(s.model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"LearnerSettings.model_dir {str(model_dir)!r} is not an HF model directory "
+                                    "(no config.json)")
+        if s.num_threads is not None:
+            torch.set_num_threads(s.num_threads)
+        os.environ.setdefault("DS_ACCELERATOR", s.device)
+        self.policy_version = 0
+        self._seed_everything(s.seed)
+
+        init_distributed(s.dist_backend)
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        accelerator = get_accelerator().device_name()
+        if accelerator != s.device:
+            raise RuntimeError(f"LearnerSettings.device is {s.device!r} but DeepSpeed chose the {accelerator!r} "
+                               f"accelerator (set DS_ACCELERATOR={s.device} before DeepSpeed is first imported)")
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=torch.float32, attn_implementation=s.attn_implementation
+        )
+        model.config.use_cache = False
+        if s.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        if s.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        except (OSError, ValueError, TypeError) as exc:  # a bare weights dir (tests) has no tokenizer
+            log.warning("no tokenizer in %s (%s); HF checkpoints will be saved without one", model_dir, exc)
+            self.tokenizer = None
+        self.pad_token_id = self._pad_token_id(model)
+
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.ds_config = build_deepspeed_config(
+            zero_stage=s.zero_stage,
+            micro_batch_size=s.micro_batch_size,
+            world_size=world_size,
+            max_grad_norm=s.max_grad_norm,
+            precision=DTYPES[s.dtype],
+            lr=s.lr,
+            betas=s.betas,
+            adam_eps=s.adam_eps,
+            weight_decay=s.weight_decay,
+            offload_optimizer=s.offload_optimizer,
+            offload_params=s.offload_params,
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            dist_init_required=False,
+        )
+        self.engine.train()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed % 2**32)
+        except ImportError:  # pragma: no cover - numpy ships with torch's deps here
+            pass
+
+    def _pad_token_id(self, model: torch.nn.Module) -> int:
+        for source in (self.tokenizer, model.config):
+            for attr in ("pad_token_id", "eos_token_id"):
+                value = getattr(source, attr, None) if source is not None else None
+                if isinstance(value, list):
+                    value = value[0] if value else None
+                if isinstance(value, int):
+                    return value
+        return 0
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The HF model inside the engine (parameters partitioned under ZeRO-3)."""
+        return self.engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def _is_zero3(self) -> bool:
+        return self.settings.zero_stage == 3
+
+    def _logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        dev = self.device
+        return response_logprobs(
+            self.engine,
+            batch.input_ids.to(dev),
+            batch.attention_mask.to(dev),
+            batch.position_ids.to(dev),
+            batch.response_ids.to(dev),
+            chunk_size=self.settings.logprob_chunk_size,
+            temperature=self.settings.temperature,
+        )
+
+    @torch.no_grad()
+    def policy_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """(N, C) log pi_theta of the batch's responses with the current weights, no gradient, 0 at pads."""
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for rows in micro_batches(batch.num_rows, self.settings.micro_batch_size):
+            sub = batch.select(rows)
+            width = sub.response_width
+            out[rows, :width] = self._logprobs(sub).float().cpu()
+        return out * batch.response_mask
+
+    def _advantages(self, batch: TrainBatch) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """(N, C) advantages, computed group by group (each group normalises only over itself)."""
+        from cdra_ray.algorithms.advantages import compute_advantages
+
+        s = self.settings
+        advantages = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        per_group, masks = [], []
+        for rows in batch.group_slices:
+            width = int(batch.response_mask[rows].sum(dim=1).max())
+            steps = int(batch.step_mask[rows].sum(dim=1).max())
+            adv = compute_advantages(
+                s.advantage,
+                batch.step_rewards[rows, :steps],
+                batch.step_mask[rows, :steps],
+                batch.token_steps[rows, :width],
+                batch.response_mask[rows, :width],
+                eps=s.advantage_eps,
+                **s.advantage_options,
+            )
+            adv = adv.float() * batch.response_mask[rows, :width]
+            advantages[rows, :width] = adv
+            per_group.append(adv)
+            masks.append(batch.response_mask[rows, :width])
+        return advantages, per_group, masks
+
+    def _local_grad_norm(self) -> float | None:
+        """Pre-clipping gradient norm where DeepSpeed does not record one (no ZeRO: plain ``.grad``s)."""
+        if self.settings.zero_stage != 0:
+            return None
+        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else None
+
+    # ------------------------------------------------------------------ training
+    def train_on_groups(self, groups: list[Group]) -> dict[str, float]:
+        """One policy update on ``groups``; returns metrics (means over the batch) and bumps ``policy_version``."""
+        from cdra_ray.algorithms.advantages import zero_advantage_rate
+        from cdra_ray.algorithms.policy_loss import cdpa_policy_loss
+
+        s = self.settings
+        started = time.perf_counter()
+        batch = build_batch(groups, pad_token_id=self.pad_token_id)
+        if s.beta > 0 and batch.ref_logprobs is None:
+            raise ValueError(f"LearnerSettings.beta is {s.beta} but the groups carry no ref_logprobs "
+                             "(run the reference policy on them, or set beta=0)")
+        use_behaviour = s.importance_cap is not None
+        if use_behaviour and batch.sampling_logprobs is None:
+            raise ValueError("LearnerSettings.importance_cap is set but some samples have no sampling_logprobs")
+
+        advantages, per_group_adv, per_group_mask = self._advantages(batch)
+        n = batch.num_rows
+        mini = s.mini_batch_size or n
+        single_step = s.ppo_epochs == 1 and mini >= n
+        old_logprobs = None if single_step else self.policy_logprobs(batch)
+
+        generator = torch.Generator().manual_seed(s.seed * 1_000_003 + self.policy_version)
+        sums: dict[str, float] = {}
+        grad_norms: list[float] = []
+        optimizer_steps = 0
+        self.engine.train()
+        for epoch in range(s.ppo_epochs):
+            order = torch.arange(n) if epoch == 0 and single_step else torch.randperm(n, generator=generator)
+            for mini_rows in micro_batches(n, mini, order):
+                total_rows = len(mini_rows)
+                total_tokens = int(batch.response_mask[mini_rows].sum())
+                for rows in micro_batches(len(mini_rows), s.micro_batch_size, torch.tensor(mini_rows)):
+                    sub = batch.select(rows)
+                    width = sub.response_width
+                    dev = self.device
+                    mask = sub.response_mask.to(dev)
+                    logprobs = self._logprobs(sub).float()
+                    old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(dev)
+                    ref = sub.ref_logprobs.to(dev) if sub.ref_logprobs is not None else None
+                    behaviour = sub.sampling_logprobs.to(dev) if use_behaviour else None
+                    loss, metrics = cdpa_policy_loss(
+                        logprobs,
+                        old,
+                        ref,
+                        advantages[rows, :width].to(dev),
+                        mask,
+                        clip_eps=s.clip_eps,
+                        clip_eps_high=s.clip_eps_high,
+                        beta=s.beta,
+                        aggregation=s.aggregation,
+                        behaviour_logprobs=behaviour,
+                        importance_cap=s.importance_cap,
+                    )
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite CDPA loss {loss.item()} at policy version "
+                                                 f"{self.policy_version}, epoch {epoch}, rows {rows}")
+                    weight = _micro_batch_weight(s.aggregation, len(rows), int(sub.response_mask.sum()),
+                                                 total_rows, total_tokens)
+                    self.engine.backward(loss * weight)
+                    _accumulate(sums, metrics, share=weight * total_rows / n / s.ppo_epochs)
+                local_norm = self._local_grad_norm()
+                self.engine.step()
+                optimizer_steps += 1
+                norm = self.engine.get_global_grad_norm()
+                norm = local_norm if norm is None else norm
+                if norm is not None:
+                    grad_norms.append(float(norm))
+        self.policy_version += 1
+
+        tokens = batch.response_mask.sum()
+        out = dict(sums)
+        out.update(
+            {
+                "grad_norm": grad_norms[-1] if grad_norms else float("nan"),
+                "zero_advantage_rate": float(zero_advantage_rate(per_group_adv, per_group_mask)),
+                "advantage_abs_mean": float((advantages.abs() * batch.response_mask).sum() / tokens),
+                "reward_mean": float((batch.step_rewards * batch.step_mask).sum() / batch.step_mask.sum()),
+                "num_groups": float(len(groups)),
+                "num_samples": float(n),
+                "num_tokens": float(tokens),
+                "response_length_mean": float(tokens) / n,
+                "staleness_mean": float((self.policy_version - 1 - batch.policy_versions).float().mean()),
+                "optimizer_steps": float(optimizer_steps),
+                "lr": float(self.engine.get_lr()[0]),
+                "policy_version": float(self.policy_version),
+                "step_time_s": time.perf_counter() - started,
+            }
+        )
+        return out
+
+    # ------------------------------------------------------------------ weights out
+    def weight_source(self, dtype: torch.dtype | None = None):
+        """The learner's weights as a vLLM ``WeightSource`` (for :class:`~.weight_sync_gpu.NcclWeightSync`)."""
+        from cdra_ray.learner.weight_sync_gpu import GatheredWeightSource
+
+        return GatheredWeightSource(self.model, dtype=dtype, zero3=self._is_zero3())
+
+    def iter_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full tensor) per parameter, in ``named_parameters`` order (tied weights once).
+
+        Under ZeRO-3 each parameter is gathered for the time of its ``yield`` only: copy what you keep. Every
+        rank must iterate (the gather is a collective).
+        """
+        yield from self.weight_source(dtype)
+
+    def export_weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """HF-named CPU copies of all parameters, for ``GenerationEngine.load_weights``.
+
+        Cloned: a view into a ZeRO-1/2 flat buffer would pin (and, through Ray, ship) the whole buffer.
+        """
+        return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in self.iter_weights(dtype)}
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Write an HF model directory (safetensors + config + tokenizer) that transformers and vLLM load.
+
+        Atomic: a crash while writing leaves the previous checkpoint at ``directory`` intact.
+        """
+        directory = Path(directory)
+        state = self.export_weights()
+        with atomic_directory(directory) as scratch:
+            if _rank() == 0:
+                self.model.save_pretrained(str(scratch), state_dict=state)
+                if self.tokenizer is not None:
+                    self.tokenizer.save_pretrained(str(scratch))
+        return directory
+
+    # ------------------------------------------------------------------ resume state
+    def _rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+        try:
+            import numpy as np
+
+            state["numpy"] = np.random.get_state()
+        except ImportError:  # pragma: no cover
+            pass
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    @staticmethod
+    def _set_rng_state(state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])
+        if "numpy" in state:
+            import numpy as np
+
+            np.random.set_state(state["numpy"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def save_state(self, directory: str | Path) -> Path:
+        """Everything needed to continue exactly: weights (fp32 master copy), optimizer moments, RNG states and
+        ``policy_version``, via DeepSpeed's own checkpoint (it knows how ZeRO partitions them). Atomic."""
+        directory = Path(directory)
+        client_state = {"policy_version": self.policy_version, "rng": self._rng_state(),
+                        "settings_model_dir": self.settings.model_dir}
+        with atomic_directory(directory) as scratch:
+            self.engine.save_checkpoint(str(scratch), tag=STATE_TAG, client_state=client_state, save_latest=False)
+        return directory
+
+    def load_state(self, directory: str | Path) -> int:
+        """Restore a :meth:`save_state` directory into this learner; returns the restored ``policy_version``."""
+        directory = Path(directory)
+        if not directory.is_dir() and previous_path(directory).is_dir():
+            log.warning("%s is missing but %s exists (a save was interrupted mid-swap); loading that",
+                        directory, previous_path(directory))
+            directory = previous_path(directory)
+        if not (directory / STATE_TAG).is_dir():
+            raise FileNotFoundError(f"{str(directory)!r} is not a learner state directory (no {STATE_TAG!r} "
+                                    "inside; it is written by Learner.save_state)")
+        load_path, client_state = self.engine.load_checkpoint(
+            str(directory), tag=STATE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None or client_state is None:
+            raise RuntimeError(f"DeepSpeed could not load the learner state from {str(directory)!r}")
+        self.policy_version = int(client_state["policy_version"])
+        self._set_rng_state(client_state["rng"])
+        return self.policy_version
+
+    def close(self) -> None:
+        """Free the engine (the process group stays: other engines in this process may share it)."""
+        if self.engine is not None and hasattr(self.engine, "destroy"):
+            self.engine.destroy()
+        self.engine = None  # type: ignore[assignment]

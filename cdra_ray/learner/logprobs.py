@@ -1,0 +1,77 @@
+"""Per-token log-probabilities of response tokens under a causal language model.
+
+``token_logprobs`` is the pure part: log softmax(logits / T)[target], computed ``chunk_size`` token rows at a
+time as ``logit[target] - logsumexp(logits)``, so the full (N, C, V) log-softmax (and, for bf16 models, its
+fp32 upcast) never exists at once: with SmolLM2's 49k vocabulary, 5 x 256 response tokens are 250 MB of
+logits per copy.
+
+``response_logprobs`` runs the model on a :class:`~cdra_ray.learner.batch.TrainBatch` layout (left-padded
+prompt, right-padded response) and asks it for the last C+1 positions of logits only (``logits_to_keep``), the
+ones that predict response tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(
+    logits: torch.Tensor, target_ids: torch.Tensor, *, chunk_size: int = 1024, temperature: float = 1.0
+) -> torch.Tensor:
+    """log p(target) from ``logits`` (..., V) and ``target_ids`` (...) -> (...) float32, differentiable.
+
+    ``logits[..., t, :]`` must be the prediction for ``target_ids[..., t]`` (already shifted).
+    ``temperature`` divides the logits first, matching an engine that sampled at that temperature.
+    """
+    if logits.shape[:-1] != target_ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target_ids {tuple(target_ids.shape)} do not align "
+                         "(logits must be (..., V) over the same leading dims)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_targets = target_ids.reshape(-1, 1)
+    out = []
+    for start in range(0, flat_logits.shape[0], chunk_size):
+        chunk = flat_logits[start:start + chunk_size].float()
+        if temperature != 1.0:
+            chunk = chunk / temperature
+        picked = chunk.gather(1, flat_targets[start:start + chunk_size]).squeeze(1)
+        out.append(picked - torch.logsumexp(chunk, dim=-1))
+    if not out:
+        return torch.zeros(target_ids.shape, dtype=torch.float32, device=logits.device)
+    return torch.cat(out).reshape(target_ids.shape)
+
+
+def response_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    response_ids: torch.Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """(N, C) log p(response token) for the batch layout of ``TrainBatch`` (responses start at column P).
+
+    ``model`` is an HF causal LM or a DeepSpeed engine wrapping one. Values at padded response positions are
+    whatever the model says there: mask them. Gradients flow unless called under ``torch.no_grad()``.
+    """
+    width_c = response_ids.shape[1]
+    if input_ids.shape[1] <= width_c:
+        raise ValueError(f"input_ids width {input_ids.shape[1]} must exceed the response width {width_c} "
+                         "(each row needs at least one prompt token)")
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=width_c + 1,
+    )
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    if logits.shape[1] != width_c + 1:
+        # models whose forward ignores logits_to_keep return every position
+        logits = logits[:, -(width_c + 1):]
+    return token_logprobs(logits[:, :-1], response_ids, chunk_size=chunk_size, temperature=temperature)

@@ -1,0 +1,94 @@
+"""The frozen reference policy pi_ref: per-token log-probs of sampled responses, for the KL term.
+
+Plain transformers in inference mode (no DeepSpeed: nothing to train, nothing to shard on these machines).
+Rows are sorted by length before they are cut into micro-batches, so short responses are not padded to the
+longest one; results come back in the groups' own order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cdra_ray.learner.batch import build_batch, micro_batches
+from cdra_ray.learner.logprobs import response_logprobs
+from cdra_ray.messages import Group
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ReferencePolicy:
+    """log pi_ref(token) for every response token of a list of groups."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "float32",
+        num_threads: int | None = None,
+        *,
+        micro_batch_size: int = 8,
+        chunk_size: int = 1024,
+        temperature: float = 1.0,
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"ReferencePolicy model_dir {str(model_dir)!r} is not an HF model directory "
+                                    "(no config.json)")
+        if dtype not in _DTYPES:
+            raise ValueError(f"ReferencePolicy dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        if micro_batch_size < 1:
+            raise ValueError(f"ReferencePolicy micro_batch_size must be >= 1, got {micro_batch_size}")
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.micro_batch_size = micro_batch_size
+        self.chunk_size = chunk_size
+        self.temperature = temperature
+        self.device = torch.device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=_DTYPES[dtype], attn_implementation=attn_implementation
+        ).to(self.device)
+        self.model.eval()
+        self.model.requires_grad_(False)
+        pad = self.model.config.pad_token_id
+        self.pad_token_id = pad if isinstance(pad, int) else 0
+
+    @torch.inference_mode()
+    def logprobs(self, groups: list[Group]) -> list[list[list[float]]]:
+        """``[group][sample][token]`` log pi_ref of each response token (lengths match the responses)."""
+        if not groups:
+            return []
+        batch = build_batch(groups, pad_token_id=self.pad_token_id, require_rewards=False)
+        lengths = batch.attention_mask.sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        values = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for rows in micro_batches(batch.num_rows, self.micro_batch_size, order):
+            sub = batch.select(rows)
+            dev = self.device
+            lp = response_logprobs(
+                self.model,
+                sub.input_ids.to(dev),
+                sub.attention_mask.to(dev),
+                sub.position_ids.to(dev),
+                sub.response_ids.to(dev),
+                chunk_size=self.chunk_size,
+                temperature=self.temperature,
+            )
+            values[rows, : sub.response_width] = lp.float().cpu()
+        out: list[list[list[float]]] = []
+        for group, rows in zip(groups, batch.group_slices):
+            per_sample = []
+            for row, sample in zip(range(rows.start, rows.stop), group.samples):
+                per_sample.append(values[row, : len(sample.response_token_ids)].tolist())
+            out.append(per_sample)
+        return out
+
+    def annotate(self, groups: list[Group]) -> list[Group]:
+        """Fill ``Group.ref_logprobs`` in place (and return the groups, for chaining)."""
+        for group, values in zip(groups, self.logprobs(groups)):
+            group.ref_logprobs = values
+        return groups
