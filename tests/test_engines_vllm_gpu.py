@@ -1,0 +1,174 @@
+"""The GPU weight-sync pieces of the rollout engine that run without a GPU: engine args, plans, adapters."""
+
+import importlib.util
+import pytest
+import torch
+
+from cdra_ray.engines.vllm_gpu import (
+    WORKER_EXTENSION,
+    CdraWorkerExtension,
+    LLMWeightSyncClient,
+    build_vllm_engine_args,
+    dtype_name,
+    vllm_skips_name,
+    weight_update_plan,
+)
+
+needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+
+
+def test_engine_args_defaults_single_gpu():
+    args = build_vllm_engine_args("/models/policy")
+    assert args["distributed_executor_backend"] == "uni"
+    assert args["worker_extension_cls"] == WORKER_EXTENSION
+    assert args["weight_transfer_config"] == {"backend": "nccl"}
+    assert (args["model"], args["tensor_parallel_size"], args["dtype"]) == ("/models/policy", 1, "bfloat16")
+
+
+def test_engine_args_tensor_parallel_uses_ray_and_extra_wins():
+    args = build_vllm_engine_args("/m", tensor_parallel_size=4, extra={"max_num_seqs": 64, "dtype": "float16"})
+    assert args["distributed_executor_backend"] == "ray"
+    assert (args["max_num_seqs"], args["dtype"]) == (64, "float16")
+    plain = build_vllm_engine_args("/m", weight_transfer_backend=None, worker_extension=False)
+    assert "weight_transfer_config" not in plain and "worker_extension_cls" not in plain
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
+        ({"weight_transfer_backend": "gloo"}, "weight_transfer_backend 'gloo'"),
+        ({"distributed_executor_backend": "slurm"}, "distributed_executor_backend 'slurm'"),
+        ({"distributed_executor_backend": "uni", "tensor_parallel_size": 2}, "TP x PP = 2"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ],
+)
+def test_engine_args_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_vllm_engine_args("/m", **kwargs)
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_engine_args_are_accepted_by_vllm_engine_args(tmp_path):
+    from vllm.engine.arg_utils import EngineArgs
+
+    from cdra_ray.models.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "tiny")  # EngineArgs resolves the model path
+    engine_args = EngineArgs(**build_vllm_engine_args(str(model_dir), tensor_parallel_size=2))
+    assert engine_args.worker_extension_cls == WORKER_EXTENSION
+    assert engine_args.weight_transfer_config.backend == "nccl"
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_worker_extension_does_not_shadow_worker_attributes():
+    # vLLM refuses an extension whose attribute names collide with the worker's
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    ours = [name for name in dir(CdraWorkerExtension) if not name.startswith("__")]
+    assert ours == ["cdra_weight_checksum", "cdra_weight_fingerprint"]
+    assert not any(hasattr(Worker, name) or hasattr(CPUWorker, name) for name in ours)
+
+
+def test_skipped_names():
+    assert vllm_skips_name("lm_head.weight", tie_word_embeddings=True)
+    assert not vllm_skips_name("lm_head.weight", tie_word_embeddings=False)
+    assert vllm_skips_name("model.layers.0.self_attn.rotary_emb.inv_freq", tie_word_embeddings=False)
+    assert not vllm_skips_name("model.embed_tokens.weight", tie_word_embeddings=True)
+
+
+def test_dtype_names():
+    assert dtype_name(torch.bfloat16) == dtype_name("torch.bfloat16") == dtype_name("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="not a torch dtype"):
+        dtype_name("float8")
+
+
+def test_update_plan_keeps_order_and_chunks_by_bytes():
+    named = [
+        ("model.embed_tokens.weight", torch.float32, (10, 4)),  # 40 x 4 B = 160 B
+        ("model.layers.0.input_layernorm.weight", torch.bfloat16, (4,)),  # 4 x 2 B = 8 B
+        ("model.layers.0.self_attn.q_proj.weight", "float32", (4, 4)),  # 64 B
+        ("model.norm.weight", torch.float32, (4,)),  # 16 B
+        ("lm_head.weight", torch.float32, (10, 4)),  # tied: skipped
+    ]
+    plan = weight_update_plan(named, tie_word_embeddings=True, max_chunk_bytes=170)
+    # 160 + 8 = 168 <= 170; + 64 would be 232 > 170 -> new chunk; 64 + 16 = 80
+    assert plan == [
+        {
+            "names": ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"],
+            "dtype_names": ["float32", "bfloat16"],
+            "shapes": [[10, 4], [4]],
+        },
+        {
+            "names": ["model.layers.0.self_attn.q_proj.weight", "model.norm.weight"],
+            "dtype_names": ["float32", "float32"],
+            "shapes": [[4, 4], [4]],
+        },
+    ]
+
+
+def test_update_plan_oversized_tensor_gets_its_own_chunk_and_duplicates_fail():
+    named = [("a", torch.float32, (2,)), ("big", torch.float32, (100,)), ("b", torch.float32, (2,))]
+    plan = weight_update_plan(named, max_chunk_bytes=16)
+    assert [chunk["names"] for chunk in plan] == [["a"], ["big"], ["b"]]
+    with pytest.raises(ValueError, match="'a' appears twice"):
+        weight_update_plan([("a", torch.float32, (1,)), ("a", torch.float32, (1,))])
+
+
+@needs_vllm
+@pytest.mark.vllm
+def test_update_plan_chunks_are_valid_nccl_update_infos():
+    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
+
+    plan = weight_update_plan([("w", torch.bfloat16, (3, 2)), ("v", torch.float32, (5,))])
+    info = NCCLWeightTransferUpdateInfo(**plan[0])
+    assert info.names == ["w", "v"] and [getattr(torch, d) for d in info.dtype_names] == [torch.bfloat16, torch.float32]
+
+
+def test_llm_client_wraps_payloads_as_vllm_requests():
+    calls = []
+
+    class FakeLLM:
+        def init_weight_transfer_engine(self, request):
+            calls.append(("init", request))
+
+        def start_weight_update(self):
+            calls.append(("start",))
+
+        def update_weights(self, request):
+            calls.append(("update", request))
+
+        def finish_weight_update(self, weight_version=None):
+            calls.append(("finish", weight_version))
+
+    client = LLMWeightSyncClient(FakeLLM())
+    client.init_weight_transfer_engine({"world_size": 2})
+    client.start_weight_update()
+    client.update_weights({"names": ["w"]})
+    client.finish_weight_update("3")
+    assert calls == [
+        ("init", {"init_info": {"world_size": 2}}),
+        ("start",),
+        ("update", {"update_info": {"names": ["w"]}}),
+        ("finish", "3"),
+    ]
+
+
+def test_worker_extension_fingerprint_on_a_fake_worker():
+    class FakeRunner:
+        def get_model(self):
+            model = torch.nn.Linear(2, 1, bias=True)
+            with torch.no_grad():
+                model.weight.copy_(torch.tensor([[1.5, -0.5]]))
+                model.bias.fill_(2.0)
+            return model
+
+    class FakeWorker(CdraWorkerExtension):
+        model_runner = FakeRunner()
+
+    worker = FakeWorker()
+    assert worker.cdra_weight_fingerprint() == {"weight": 1.0, "bias": 2.0}  # 1.5 - 0.5 = 1.0
+    assert worker.cdra_weight_checksum() == 3.0
