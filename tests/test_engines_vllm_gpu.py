@@ -9,9 +9,7 @@ from cdra_ray.engines.vllm_gpu import (
     CdraWorkerExtension,
     LLMWeightSyncClient,
     build_vllm_engine_args,
-    dtype_name,
     vllm_skips_name,
-    weight_update_plan,
 )
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
@@ -78,54 +76,6 @@ def test_skipped_names():
     assert not vllm_skips_name("lm_head.weight", tie_word_embeddings=False)
     assert vllm_skips_name("model.layers.0.self_attn.rotary_emb.inv_freq", tie_word_embeddings=False)
     assert not vllm_skips_name("model.embed_tokens.weight", tie_word_embeddings=True)
-
-
-def test_dtype_names():
-    assert dtype_name(torch.bfloat16) == dtype_name("torch.bfloat16") == dtype_name("bfloat16") == "bfloat16"
-    with pytest.raises(ValueError, match="not a torch dtype"):
-        dtype_name("float8")
-
-
-def test_update_plan_keeps_order_and_chunks_by_bytes():
-    named = [
-        ("model.embed_tokens.weight", torch.float32, (10, 4)),  # 40 x 4 B = 160 B
-        ("model.layers.0.input_layernorm.weight", torch.bfloat16, (4,)),  # 4 x 2 B = 8 B
-        ("model.layers.0.self_attn.q_proj.weight", "float32", (4, 4)),  # 64 B
-        ("model.norm.weight", torch.float32, (4,)),  # 16 B
-        ("lm_head.weight", torch.float32, (10, 4)),  # tied: skipped
-    ]
-    plan = weight_update_plan(named, tie_word_embeddings=True, max_chunk_bytes=170)
-    # 160 + 8 = 168 <= 170; + 64 would be 232 > 170 -> new chunk; 64 + 16 = 80
-    assert plan == [
-        {
-            "names": ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight"],
-            "dtype_names": ["float32", "bfloat16"],
-            "shapes": [[10, 4], [4]],
-        },
-        {
-            "names": ["model.layers.0.self_attn.q_proj.weight", "model.norm.weight"],
-            "dtype_names": ["float32", "float32"],
-            "shapes": [[4, 4], [4]],
-        },
-    ]
-
-
-def test_update_plan_oversized_tensor_gets_its_own_chunk_and_duplicates_fail():
-    named = [("a", torch.float32, (2,)), ("big", torch.float32, (100,)), ("b", torch.float32, (2,))]
-    plan = weight_update_plan(named, max_chunk_bytes=16)
-    assert [chunk["names"] for chunk in plan] == [["a"], ["big"], ["b"]]
-    with pytest.raises(ValueError, match="'a' appears twice"):
-        weight_update_plan([("a", torch.float32, (1,)), ("a", torch.float32, (1,))])
-
-
-@needs_vllm
-@pytest.mark.vllm
-def test_update_plan_chunks_are_valid_nccl_update_infos():
-    from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferUpdateInfo
-
-    plan = weight_update_plan([("w", torch.bfloat16, (3, 2)), ("v", torch.float32, (5,))])
-    info = NCCLWeightTransferUpdateInfo(**plan[0])
-    assert info.names == ["w", "v"] and [getattr(torch, d) for d in info.dtype_names] == [torch.bfloat16, torch.float32]
 
 
 def test_llm_client_wraps_payloads_as_vllm_requests():

@@ -91,6 +91,31 @@ class RolloutWorker:
             self.policy_version = policy_version
         return self.policy_version
 
+    # -- GPU path: vLLM's NCCL weight transfer (learner rank 0 broadcasts; see learner/weight_sync_gpu.py) --
+    # The engine lock is taken at start and released at finish, so no batch generates while weights stream in.
+    def _sync_client(self):
+        from cdra_ray.engines.vllm_gpu import LLMWeightSyncClient
+
+        return LLMWeightSyncClient(self.engine.llm)
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self._sync_client().init_weight_transfer_engine(init_info)
+
+    def start_weight_update(self) -> None:
+        self._batcher.engine_lock.acquire()
+        self._sync_client().start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        self._sync_client().update_weights(update_info)
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        try:
+            self._sync_client().finish_weight_update(weight_version)
+            if weight_version is not None:
+                self.policy_version = int(weight_version)
+        finally:
+            self._batcher.engine_lock.release()
+
     def set_policy_version(self, policy_version: int) -> int:
         """On resume the engine already loaded the checkpoint's weights; only the tag must follow."""
         self.policy_version = policy_version

@@ -126,6 +126,66 @@ class LearnerActor:
     def policy_version(self) -> int:
         return self.learner.policy_version
 
+    def connect_weight_sync(self, workers: list, world_sizes: list[int], master_port: int) -> None:
+        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner)."""
+        import torch
+
+        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync
+
+        self.sync = NcclWeightSync([RayActorSyncClient(w) for w in workers], world_sizes,
+                                   master_address=ray.util.get_node_ip_address(), master_port=master_port)
+        self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
+
+    def broadcast_weights(self, policy_version: int) -> None:
+        self.sync.send(policy_version)
+
+
+class RayActorSyncClient:
+    """vLLM's weight-sync client protocol over a rollout actor handle (blocking calls, one per engine)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        ray.get(self.handle.init_weight_transfer_engine.remote(init_info))
+
+    def start_weight_update(self) -> None:
+        ray.get(self.handle.start_weight_update.remote())
+
+    def update_weights(self, update_info: dict) -> None:
+        ray.get(self.handle.update_weights.remote(update_info))
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        ray.get(self.handle.finish_weight_update.remote(weight_version))
+
+
+class ObjectStorePublisher:
+    """Weights through Ray's object store: learner -> dict of CPU tensors -> every engine's ``load_weights``."""
+
+    def __init__(self, learner, workers: list):
+        self.learner, self.workers = learner, workers
+
+    def publish(self, policy_version: int, wait: bool) -> None:
+        weights = self.learner.export_weights.remote()
+        loads = [w.load_weights.remote(weights, policy_version) for w in self.workers]
+        if wait:
+            ray.get(loads)
+
+
+class NcclPublisher:
+    """Weights over NCCL from the learner's GPU straight into every vLLM worker (vLLM's weight transfer)."""
+
+    def __init__(self, learner, workers: list, tensor_parallel_size: int):
+        from cdra_ray.learner.learner import free_port
+
+        self.learner = learner
+        ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers), free_port()))
+
+    def publish(self, policy_version: int, wait: bool) -> None:
+        done = self.learner.broadcast_weights.remote(policy_version)
+        if wait:
+            ray.get(done)
+
 
 def learner_settings(config: Config, model_dir: str):
     from cdra_ray.learner.learner import LearnerSettings
@@ -143,10 +203,16 @@ def learner_settings(config: Config, model_dir: str):
     )
 
 
-def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int) -> dict[str, Any]:
+def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
+                   weight_sync: str = "object_store") -> dict[str, Any]:
     if kind == "hf":
         return {"dtype": config.model.dtype, "seed": config.train.seed, "device": config.learner.device}
-    return {
+    extra = {}
+    if weight_sync == "nccl":
+        from cdra_ray.engines.vllm_gpu import WORKER_EXTENSION
+
+        extra = {"weight_transfer_config": {"backend": "nccl"}, "worker_extension_cls": WORKER_EXTENSION}
+    return {**extra,
         "dtype": config.model.dtype, "seed": config.train.seed, "max_model_len": max_model_len,
         "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
         "tensor_parallel_size": config.rollout.tensor_parallel_size,
@@ -161,7 +227,8 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
                           max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens,
                           max_steps=r.max_steps, seed=config.train.seed)
     rollout_spec = EngineSpec(r.engine, policy_dir, engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb,
-                                                                   max_model_len=r.max_model_len),
+                                                                   max_model_len=r.max_model_len,
+                                                                   weight_sync=r.weight_sync),
                               threads_for(r.num_cpus))
     workers = [
         RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size,
@@ -190,7 +257,10 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
                                    ).remote(learner_settings(config, policy_dir))
     # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
     ray.get([a.__ray_ready__.remote() for a in [*workers, reward, reference, learner]])
-    return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner)
+    publisher = (NcclPublisher(learner, workers, r.tensor_parallel_size) if r.weight_sync == "nccl"
+                 else ObjectStorePublisher(learner, workers))
+    return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner,
+                  weight_publisher=publisher)
 
 
 def stop_actors(actors: Actors) -> None:

@@ -67,6 +67,7 @@ _CHOICES = {
     "algorithm.normalize": ("position", "pooled"),
     "algorithm.aggregation": ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean"),
     "learner.device": ("cpu", "cuda"),
+    "rollout.weight_sync": ("object_store", "nccl"),
 }
 
 _POSITIVE = (
@@ -107,6 +108,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rollout.group_size={config.rollout.group_size}: group-relative advantages need >= 2")
     if config.rollout.max_steps is not None and config.rollout.max_steps < 1:
         raise ConfigError(f"rollout.max_steps={config.rollout.max_steps}: must be >= 1 or null")
+    if config.rollout.weight_sync == "nccl" and (config.learner.device != "cuda" or config.rollout.engine != "vllm"):
+        raise ConfigError("rollout.weight_sync=nccl needs learner.device=cuda and rollout.engine=vllm (GPU only); "
+                          "use object_store on CPU")
     if config.algorithm.importance_cap is not None and config.algorithm.importance_cap <= 0:
         raise ConfigError(f"algorithm.importance_cap={config.algorithm.importance_cap}: must be > 0 or null")
 

@@ -44,6 +44,7 @@ class RolloutConfig:
     max_model_len: int = 2048
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
+    weight_sync: str = "object_store"  # object_store (CPU and GPU) | nccl (GPU: learner rank 0 broadcasts to vLLM)
 
 
 @dataclass

@@ -39,6 +39,7 @@ class Actors:
     reward: Any
     reference: Any
     learner: Any
+    weight_publisher: Any  # .publish(policy_version, wait): object store (CPU/GPU) or NCCL broadcast (GPU)
 
 
 def group_metrics(groups: list[Group]) -> dict[str, float]:
@@ -131,10 +132,8 @@ class CDPADriver:
             learner_metrics = ray.get(self.actors.learner.train_on_groups.remote(batch))
         self.state.policy_version += 1
         with self.timer.phase("weight_sync"):
-            weights = self.actors.learner.export_weights.remote()
-            loads = [w.load_weights.remote(weights, self.state.policy_version) for w in self.actors.rollout_workers]
-            if self.config.train.max_staleness == 0:
-                ray.get(loads)  # synchronous: the next groups must be sampled by the new weights
+            # synchronous runs wait: the next groups must be sampled by the new weights
+            self.actors.weight_publisher.publish(self.state.policy_version, wait=self.config.train.max_staleness == 0)
         for group in batch:
             for phase, seconds in group.timings.items():
                 self.timer.add(phase, seconds)

@@ -16,9 +16,8 @@ The learner half (ZeRO-3 gathering source, several engines at their own rank off
   rollout actor to expose its engine's control plane to the learner;
 - :class:`CdraWorkerExtension` (``worker_extension_cls``): a fingerprint of each worker's weights, so a driver
   or test can check that a sync landed on every worker (and identically on all engines);
-- :func:`weight_update_plan`: per-round ``update_info`` payloads (names/dtypes/shapes in broadcast order,
-  chunked by bytes) for a learner that drives the broadcast chunk by chunk instead of through vLLM's packed
-  trainer engine; :func:`vllm_skips_name`: what a learner must not send.
+- :func:`vllm_skips_name`: what a learner must not send. The broadcast plan itself (names, dtypes, shapes in
+  order) is :func:`cdra_ray.learner.weight_sync_gpu.broadcast_plan`.
 
 The HF -> vLLM name mapping (q/k/v -> qkv_proj, gate/up -> gate_up_proj) happens inside vLLM's
 ``load_weights``: learners send HF names. Nothing here needs a GPU to be tested except the transfer itself.
@@ -26,14 +25,12 @@ The HF -> vLLM name mapping (q/k/v -> qkv_proj, gate/up -> gate_up_proj) happens
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-import torch
 
 WORKER_EXTENSION = "cdra_ray.engines.vllm_gpu.CdraWorkerExtension"
 WEIGHT_TRANSFER_BACKENDS = ("nccl", "ipc", "sparse_nccl", "sharded_rdt", "nccl_m2n")  # vLLM 0.32 built-ins
 EXECUTOR_BACKENDS = ("uni", "mp", "ray", "external_launcher")
-DEFAULT_CHUNK_BYTES = 1 << 30
 
 # Non-persistent buffers some checkpoints carry; vLLM recomputes them (and would reject them as unknown).
 _BUFFER_SUFFIXES = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
@@ -105,57 +102,6 @@ def vllm_skips_name(name: str, tie_word_embeddings: bool) -> bool:
     if tie_word_embeddings and name == "lm_head.weight":
         return True
     return name.endswith(_BUFFER_SUFFIXES)
-
-
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.bfloat16`` / ``"torch.bfloat16"`` / ``"bfloat16"`` -> ``"bfloat16"`` (what vLLM's update_info holds)."""
-    name = str(dtype).removeprefix("torch.")
-    if not isinstance(getattr(torch, name, None), torch.dtype):
-        raise ValueError(f"{dtype!r} is not a torch dtype")
-    return name
-
-
-def weight_update_plan(
-    named_shapes: Iterable[tuple[str, torch.dtype | str, Sequence[int]]],
-    *,
-    tie_word_embeddings: bool = False,
-    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-) -> list[dict[str, list]]:
-    """Split ``(name, dtype, shape)`` (in the learner's broadcast order) into ``update_info`` payloads.
-
-    Each chunk is ``{"names", "dtype_names", "shapes"}`` — exactly the fields of vLLM's
-    ``NCCLWeightTransferUpdateInfo`` — and holds at most ``max_chunk_bytes`` (a larger single tensor gets a
-    chunk of its own). Order is kept: the receiving workers allocate and load the tensors in this order, so
-    the learner must broadcast them in the same order, chunk by chunk (one ``update_weights`` call each).
-    """
-    if max_chunk_bytes < 1:
-        raise ValueError(f"max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
-    chunks: list[dict[str, list]] = []
-    current: dict[str, list] = {"names": [], "dtype_names": [], "shapes": []}
-    current_bytes = 0
-    seen: set[str] = set()
-    for name, dtype, shape in named_shapes:
-        if name in seen:
-            raise ValueError(f"weight_update_plan: {name!r} appears twice")
-        seen.add(name)
-        if vllm_skips_name(name, tie_word_embeddings):
-            continue
-        dname = dtype_name(dtype)
-        shape = [int(s) for s in shape]
-        numel = 1
-        for size in shape:
-            numel *= size
-        nbytes = numel * getattr(torch, dname).itemsize
-        if current["names"] and current_bytes + nbytes > max_chunk_bytes:
-            chunks.append(current)
-            current, current_bytes = {"names": [], "dtype_names": [], "shapes": []}, 0
-        current["names"].append(name)
-        current["dtype_names"].append(dname)
-        current["shapes"].append(shape)
-        current_bytes += nbytes
-    if current["names"]:
-        chunks.append(current)
-    return chunks
 
 
 class LLMWeightSyncClient:
