@@ -149,3 +149,16 @@ def test_wiring_builds_engine_options_and_actor_environments():
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in actor_env(1.0, "vllm", 2.0, "cuda")
+
+
+def test_openai_judge_options_come_from_the_reward_config():
+    from cdra_ray.actors.wiring import engine_options
+    from cdra_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="reward.base_url"):
+        load_config("cpu_demo", ["reward.engine=openai"])
+    config = load_config("cpu_demo", ["reward.engine=openai", "reward.base_url=http://127.0.0.1:9/v1",
+                                      "reward.served_model=judge", "reward.max_retries=5"])
+    options = engine_options("openai", config, kv_cache_gb=2, max_model_len=4096)
+    assert options["base_url"] == "http://127.0.0.1:9/v1" and options["model"] == "judge"
+    assert options["max_retries"] == 5 and options["api_key_env"] == "OPENAI_API_KEY"

@@ -9,9 +9,9 @@ from cdra_ray.models.tiny import build_tiny_model
 
 
 def test_unknown_kind_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown engine kind 'sglang'; valid kinds: vllm, hf"):
+    with pytest.raises(ValueError, match="unknown engine kind 'sglang'; valid kinds: vllm, hf, openai"):
         create_engine("sglang", "/nowhere")
-    assert ENGINE_KINDS == ("vllm", "hf")
+    assert ENGINE_KINDS == ("vllm", "hf", "openai")
 
 
 def test_hf_kind_builds_an_hf_engine_without_importing_vllm(tmp_path):

@@ -207,6 +207,11 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
                    weight_sync: str = "object_store") -> dict[str, Any]:
     if kind == "hf":
         return {"dtype": config.model.dtype, "seed": config.train.seed, "device": config.learner.device}
+    if kind == "openai":
+        w = config.reward
+        return {"base_url": w.base_url, "model": w.served_model, "api_key_env": w.api_key_env,
+                "timeout_s": w.timeout_s, "max_retries": w.max_retries, "max_concurrency": w.max_concurrency,
+                "supports_regex": w.supports_regex}
     extra = {}
     if weight_sync == "nccl":
         from cdra_ray.engines.vllm_gpu import WORKER_EXTENSION
@@ -226,10 +231,12 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     worker_options = dict(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p,
                           max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens,
                           max_steps=r.max_steps, seed=config.train.seed)
-    rollout_spec = EngineSpec(r.engine, policy_dir, engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb,
-                                                                   max_model_len=r.max_model_len,
-                                                                   weight_sync=r.weight_sync),
-                              threads_for(r.num_cpus))
+    rollout_options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
+                                     weight_sync=r.weight_sync)
+    if r.engine == "vllm":
+        # behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
+        rollout_options["logprobs_mode"] = "processed_logprobs"
+    rollout_spec = EngineSpec(r.engine, policy_dir, rollout_options, threads_for(r.num_cpus))
     workers = [
         RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size,
                              max_concurrency=MAX_CONCURRENT_CALLS,

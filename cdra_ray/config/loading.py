@@ -62,7 +62,7 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Con
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "rollout.engine": ("vllm", "hf"),
-    "reward.engine": ("vllm", "hf"),
+    "reward.engine": ("vllm", "hf", "openai"),
     "reward.score_mode": ("constrained", "free"),
     "algorithm.normalize": ("position", "pooled"),
     "algorithm.aggregation": ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean"),
@@ -102,6 +102,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rollout.top_p={config.rollout.top_p}: must be in (0, 1]")
     if not 0.0 <= config.reward.parse_rate_floor <= 1.0:
         raise ConfigError(f"reward.parse_rate_floor={config.reward.parse_rate_floor}: must be in [0, 1]")
+    if config.reward.engine == "openai" and not (config.reward.base_url and config.reward.served_model):
+        raise ConfigError("reward.engine=openai needs reward.base_url and reward.served_model "
+                          "(and reward.model = a local directory with the judge's tokenizer)")
     if config.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage={config.learner.zero_stage}: must be 0, 1, 2 or 3")
     if config.rollout.group_size < 2:
@@ -111,6 +114,10 @@ def validate(config: Config) -> None:
     if config.rollout.weight_sync == "nccl" and (config.learner.device != "cuda" or config.rollout.engine != "vllm"):
         raise ConfigError("rollout.weight_sync=nccl needs learner.device=cuda and rollout.engine=vllm (GPU only); "
                           "use object_store on CPU")
+    if (config.algorithm.importance_cap is not None and config.rollout.engine == "hf"
+            and (config.rollout.temperature != 1.0 or config.rollout.top_p != 1.0)):
+        raise ConfigError("algorithm.importance_cap with rollout.engine=hf needs temperature 1 and top_p 1: the hf "
+                          "engine reports raw log-probs, not those of the tempered distribution it sampled")
     if config.algorithm.importance_cap is not None and config.algorithm.importance_cap <= 0:
         raise ConfigError(f"algorithm.importance_cap={config.algorithm.importance_cap}: must be > 0 or null")
 

@@ -51,7 +51,14 @@ class RolloutConfig:
 class RewardConfig:
     kind: str = "pers_genprm"  # see cdra_ray.rewards.REWARD_MODELS
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
-    engine: str = "vllm"  # vllm | hf
+    engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
+    base_url: Optional[str] = None  # openai engine: e.g. http://judge-host:8000/v1
+    served_model: Optional[str] = None  # openai engine: the model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # openai engine: environment variable holding the key (unset = no key)
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    max_concurrency: int = 8
+    supports_regex: bool = True  # openai engine: the server takes vLLM's structured_outputs (constrained score)
     critique_max_tokens: int = 96
     critique_temperature: float = 0.0
     score_mode: str = "constrained"  # constrained (score line forced by a regex) | free (parse free text)

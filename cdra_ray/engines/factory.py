@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cdra_ray.engines.base import GenerationEngine
 
-ENGINE_KINDS = ("vllm", "hf")
+ENGINE_KINDS = ("vllm", "hf", "openai")
 
 
 def create_engine(kind: str, model_dir: str | Path, **options) -> GenerationEngine:
@@ -22,4 +22,8 @@ def create_engine(kind: str, model_dir: str | Path, **options) -> GenerationEngi
         from cdra_ray.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, **options)
+    if kind == "openai":  # a judge behind any OpenAI-compatible endpoint; model_dir holds its tokenizer
+        from cdra_ray.engines.openai_http import OpenAIHTTPEngine
+
+        return OpenAIHTTPEngine(tokenizer_dir=model_dir, **options)
     raise ValueError(f"unknown engine kind {kind!r}; valid kinds: {', '.join(ENGINE_KINDS)}")
