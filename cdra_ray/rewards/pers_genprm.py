@@ -34,7 +34,7 @@ from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
 from cdra_ray.messages import Group, StepScore
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError, register_reward_model
 from cdra_ray.rewards.cache import LRUCache, request_key
-from cdra_ray.rewards.prompts import SCORE_PREFIX, encode_text, render_step_critique_prompt
+from cdra_ray.rewards.prompts import SCORE_PREFIX, encode_text, encode_untrusted, render_step_critique_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -264,9 +264,12 @@ class PersGenPRM:
             for i, c in enumerate(crit):
                 critiques[i] = clean_critique(c.text)
             tokenizer = self.engine.tokenizer
-            # the critique continues the prompt; then the score line is forced
+            # the critique continues the prompt (as text: a special-token string it may have echoed from the
+            # response stays text); then the score line is forced
             score_prompts = [
-                prompts[i] + encode_text(tokenizer, (critiques[i] + "\n" if critiques[i] else "") + SCORE_PREFIX)
+                prompts[i]
+                + (encode_untrusted(tokenizer, critiques[i] + "\n") if critiques[i] else [])
+                + encode_text(tokenizer, SCORE_PREFIX)
                 for i in todo
             ]
             try:
