@@ -4,6 +4,7 @@
     cdra-ray config --config cpu_demo [key=value ...]   print the resolved config and exit
     cdra-ray check-data PATH                            validate a (preference, query) JSONL file
     cdra-ray prepare-model [NAME]                       convert the embedded demo model into an HF dir
+    cdra-ray ablate [PRESET ...] [key=value ...]        the paper's Table 3 reward ablation, one comparison table
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p = sub.add_parser("check-data", help="validate a JSONL file of (preference, query) scenarios")
     p.add_argument("path", help="JSONL path or builtin:NAME")
+    p = sub.add_parser("ablate", help="run reward-model ablation presets (configs/ablations/) with equal budgets "
+                                      "and write one comparison table")
+    p.add_argument("items", nargs="*", help="preset names (default: all six Table 3 rows) and key=value overrides")
+    p.add_argument("--budget", type=int, default=None, help="train.total_updates for every preset")
+    p.add_argument("--output-dir", default="runs/ablation", help="where runs and ablation.{md,csv,json} go")
+    p.add_argument("--skip-existing", action="store_true", help="reuse finished runs (resume an ablation)")
     p = sub.add_parser("prepare-model", help="convert the embedded SmolLM2 GGUF into a cached HF directory")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     return parser
@@ -51,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             from cdra_ray.models.embedded import resolve_model
 
             print(resolve_model(args.name))
+        elif args.command == "ablate":
+            from cdra_ray.ablation import run_ablation, split_presets_and_overrides, to_markdown
+
+            presets, overrides = split_presets_and_overrides(args.items)
+            kwargs = {"presets": presets} if presets else {}
+            rows = run_ablation(overrides=overrides, budget=args.budget, output_dir=args.output_dir,
+                                skip_existing=args.skip_existing, **kwargs)
+            print(to_markdown(rows))
         elif args.command == "train":
             from cdra_ray.train import format_summary, run_training
 

@@ -162,3 +162,16 @@ def test_openai_judge_options_come_from_the_reward_config():
     options = engine_options("openai", config, kv_cache_gb=2, max_model_len=4096)
     assert options["base_url"] == "http://127.0.0.1:9/v1" and options["model"] == "judge"
     assert options["max_retries"] == 5 and options["api_key_env"] == "OPENAI_API_KEY"
+
+
+@pytest.mark.parametrize("kind", ["pers_genprm", "genrm", "rubric_rm", "tts", "scalar_rm", "prm"])
+def test_every_reward_kind_gets_options_its_constructor_accepts(kind):
+    import inspect
+
+    from cdra_ray.actors.wiring import reward_model_options
+    from cdra_ray.config import load_config
+    from cdra_ray.rewards import REWARD_MODELS
+
+    options = reward_model_options(load_config("cpu_demo", [f"reward.kind={kind}"]))
+    accepted = inspect.signature(REWARD_MODELS[kind]).parameters
+    assert set(options) <= set(accepted), set(options) - set(accepted)

@@ -73,9 +73,13 @@ class RolloutActor(RolloutWorker):
 @ray.remote
 class RewardActor(RewardService):
     def __init__(self, spec: EngineSpec, kind: str, model_options: dict):
-        from cdra_ray.rewards import create_reward_model
+        from cdra_ray.rewards import REWARD_MODELS, create_reward_model
 
-        super().__init__(create_reward_model(kind, engine=spec.build(), **model_options))
+        if getattr(REWARD_MODELS[kind], "needs_engine", True):  # judges generate text through an engine
+            model = create_reward_model(kind, engine=spec.build(), **model_options)
+        else:  # classification-head reward models load their own model
+            model = create_reward_model(kind, model_dir=spec.model_dir, **model_options)
+        super().__init__(model)
 
 
 @ray.remote
@@ -224,6 +228,30 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
     }
 
 
+def reward_model_options(config: Config) -> dict[str, Any]:
+    """The constructor options of the configured ``reward.kind``: each variant gets only what it uses."""
+    w, r = config.reward, config.rollout
+    judge = dict(critique_max_tokens=w.critique_max_tokens, score_mode=w.score_mode, default_score=w.default_score,
+                 parse_rate_floor=w.parse_rate_floor, min_requests_for_floor=w.min_requests_for_floor,
+                 cache_size=w.cache_size)
+    heads = dict(dtype=config.model.dtype, device=config.learner.device, batch_size=w.batch_size,
+                 max_length=w.max_model_len, allow_untrained_head=w.allow_untrained_head,
+                 num_threads=threads_for(w.num_cpus))
+    per_kind = {
+        "pers_genprm": {**judge, "critique_temperature": w.critique_temperature, "max_steps": r.max_steps},
+        "genrm": {**judge, "critique_temperature": w.critique_temperature},
+        "rubric_rm": {**judge, "critique_temperature": w.critique_temperature},
+        "tts": {**judge, "samples": w.tts_samples, "aggregate": w.tts_aggregate, "temperature": w.tts_temperature,
+                "vote_decimals": w.tts_vote_decimals},
+        "scalar_rm": {**heads, "score_transform": w.score_transform},
+        "prm": {**heads, "max_steps": r.max_steps},
+    }
+    if w.kind not in per_kind:
+        raise ValueError(f"reward.kind={w.kind!r} has no option mapping in wiring.reward_model_options; "
+                         f"known: {sorted(per_kind)}")
+    return per_kind[w.kind]
+
+
 def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir: str) -> Actors:
     """Create every actor of a run; returns once all of them have finished loading their models."""
     r, w, lc = config.rollout, config.reward, config.learner
@@ -247,10 +275,7 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     reward_spec = EngineSpec(w.engine, reward_dir, engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb,
                                                                   max_model_len=w.max_model_len),
                              threads_for(w.num_cpus))
-    reward_options = dict(critique_max_tokens=w.critique_max_tokens, critique_temperature=w.critique_temperature,
-                          score_mode=w.score_mode, default_score=w.default_score,
-                          parse_rate_floor=w.parse_rate_floor, min_requests_for_floor=w.min_requests_for_floor,
-                          max_steps=r.max_steps, cache_size=w.cache_size)
+    reward_options = reward_model_options(config)
     reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,
                                  runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
                                  ).remote(reward_spec, w.kind, reward_options)

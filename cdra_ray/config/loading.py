@@ -64,6 +64,8 @@ _CHOICES = {
     "rollout.engine": ("vllm", "hf"),
     "reward.engine": ("vllm", "hf", "openai"),
     "reward.score_mode": ("constrained", "free"),
+    "reward.tts_aggregate": ("mean", "vote"),
+    "reward.score_transform": ("identity", "tanh"),
     "algorithm.normalize": ("position", "pooled"),
     "algorithm.aggregation": ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean"),
     "learner.device": ("cpu", "cuda"),
@@ -73,12 +75,13 @@ _CHOICES = {
 _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
     "rollout.max_model_len", "reward.critique_max_tokens", "learner.micro_batch_size", "learner.ppo_epochs",
-    "train.total_updates", "train.groups_per_update", "rollout.tensor_parallel_size",
+    "train.total_updates", "train.groups_per_update", "rollout.tensor_parallel_size", "reward.tts_samples",
+    "reward.batch_size",
 )
 _NON_NEGATIVE = (
     "rollout.temperature", "reward.critique_temperature", "algorithm.clip_eps", "algorithm.beta",
     "learner.lr", "learner.weight_decay", "train.max_staleness", "train.save_every", "rollout.num_cpus",
-    "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus", "learner.num_gpus",
+    "rollout.num_gpus", "reward.tts_temperature", "reward.tts_vote_decimals", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus", "learner.num_gpus",
 )
 
 
@@ -105,6 +108,11 @@ def validate(config: Config) -> None:
     if config.reward.engine == "openai" and not (config.reward.base_url and config.reward.served_model):
         raise ConfigError("reward.engine=openai needs reward.base_url and reward.served_model "
                           "(and reward.model = a local directory with the judge's tokenizer)")
+    from cdra_ray.rewards.base import REWARD_MODELS
+    import cdra_ray.rewards  # noqa: F401  (registers every variant)
+
+    if config.reward.kind not in REWARD_MODELS:
+        raise ConfigError(f"reward.kind={config.reward.kind!r}: must be one of {sorted(REWARD_MODELS)}")
     if config.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage={config.learner.zero_stage}: must be 0, 1, 2 or 3")
     if config.rollout.group_size < 2:

@@ -66,6 +66,15 @@ class RewardConfig:
     parse_rate_floor: float = 0.95  # stop the run when fewer scores than this are read from the model
     min_requests_for_floor: int = 20
     cache_size: int = 100_000
+    # tts (test-time scaling of the generative judge): k sampled critiques per response, aggregated
+    tts_samples: int = 4
+    tts_temperature: float = 0.7
+    tts_aggregate: str = "mean"  # mean | vote (majority of scores rounded to tts_vote_decimals)
+    tts_vote_decimals: int = 1
+    # scalar_rm / prm (classification-head reward models, no text generation)
+    batch_size: int = 8
+    allow_untrained_head: bool = False  # refuse a directory whose reward head was never trained
+    score_transform: str = "identity"  # scalar_rm: identity | tanh (squash an unbounded score into [-1, 1])
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     kv_cache_gb: float = 2.0

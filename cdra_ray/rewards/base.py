@@ -120,6 +120,11 @@ class RewardOutput:
                         f"StepScore span ({s.start}, {s.end}) of response {i} in group {group.scenario.uid!r} "
                         f"lies outside its text of {len(sample.response_text)} characters"
                     )
+        if group.token_steps and group.step_spans:
+            # tokens follow the spans that were actually scored (an outcome reward scores one span per response)
+            from cdra_ray.rewards.span_align import align_group_token_steps
+
+            group.token_steps = align_group_token_steps(group, self.step_scores)
         group.step_scores = self.step_scores
         return group
 

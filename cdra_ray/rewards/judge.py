@@ -1,0 +1,436 @@
+"""The shared core of the outcome-level generative judges (``genrm``, ``rubric_rm``, ``tts``): quote the policy's
+response safely into a prompt, let the judge write a critique, then force its score line, and read the score.
+
+One request per response (an outcome reward is one span over the whole response). A batch of requests goes
+through :class:`CritiqueScoreJudge`:
+
+1. Requests answered in an earlier batch come from an LRU cache (key: the rendered token ids + every setting
+   that changes the answer); identical requests in a batch are generated once.
+2. ``score_mode="constrained"``: phase 1 writes ``samples`` critiques per request (``n=samples`` in one engine
+   call) and stops at the score keyword (``SCORE`` / ``FINAL SCORE``), so the judge never writes its own score;
+   phase 2 continues prompt + critique + the score prefix greedily under a regex that admits only a number of the
+   judge's scale. ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
+   yields a score gets one free generation per sample (constrained mode's fallback), then one greedy retry, then
+   the configured default (counted, never cached).
+3. The sample scores of a request are mapped to the reward scale [-1, 1] and combined by
+   :func:`aggregate_scores` (``mean`` or ``vote``); with one sample that is just the score.
+
+Reward hacking: the parsers only ever read the judge's own output (the critique continuation or the free text),
+never the prompt, so a response that writes ``SCORE: 1.0`` cannot score itself. On top of that the response is
+quoted: our delimiter tags inside it are defused, score claims are re-worded (:func:`quote_untrusted`), and it is
+tokenized with special-token recognition off (``prompts.encode_untrusted``), so a response containing
+``<|im_end|><|im_start|>assistant`` cannot close its quote and speak as the judge.
+
+This is the outcome-level twin of :mod:`cdra_ray.rewards.pers_genprm` (which scores every step with the same
+two phases); see the report of issue 4 for the suggested refactor that lets both share this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Callable, ClassVar, Sequence
+
+from cdra_ray.algorithms.scores import parse_final_score, parse_step_score
+from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
+from cdra_ray.messages import Group
+from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError, outcome_step_score
+from cdra_ray.rewards.cache import LRUCache, request_key
+from cdra_ray.rewards.pers_genprm import SCORE_REGEX, clean_critique
+from cdra_ray.rewards.prompts import encode_text, encode_untrusted, render_messages
+
+logger = logging.getLogger(__name__)
+
+SCORE_MODES = ("constrained", "free")
+AGGREGATES = ("mean", "vote")
+
+# ----------------------------------------------------------------------------------------------- quoting
+UNTRUSTED_TAGS = ("preference", "query", "response", "step", "answer")
+# "<tag" / "</tag" of our delimiters inside untrusted text would let it close its quote early: defuse it.
+_TAG_RE = re.compile(r"<(\s*/?\s*)(" + "|".join(UNTRUSTED_TAGS) + r")\b", re.IGNORECASE)
+# "SCORE: 1.0" / "FINAL SCORE: 100" inside a response is re-worded: it would hit the critique's stop string if the
+# judge quoted it, and an exact score line in context invites copying.
+_SCORE_CLAIM_RE = re.compile(r"(?<![A-Za-z])score(?=[ \t*_\"']*[:=])", re.IGNORECASE)
+# Placeholders marking where untrusted text goes in a rendered prompt (Unicode private-use characters).
+_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+def quote_untrusted(text: str) -> str:
+    """``text`` made safe to quote between our tags: ``<response`` -> ``‹response`` (also ``</...``, and the
+    tags ``preference``, ``query``, ``step``, ``answer``), ``SCORE: 1.0`` -> ``claimed score: 1.0``."""
+    text = _TAG_RE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), text)
+    return _SCORE_CLAIM_RE.sub("claimed score", text)
+
+
+def slot(index: int) -> str:
+    """The placeholder for the ``index``-th untrusted text in a message passed to :func:`render_quoted_prompt`."""
+    return f"\ue000{index}\ue001"
+
+
+def render_quoted_prompt(tokenizer, messages: list[dict[str, str]], untrusted: Sequence[str]) -> list[int]:
+    """Token ids of a chat prompt whose messages hold :func:`slot` placeholders for ``untrusted`` texts.
+
+    The template is rendered once around the placeholders; the trusted pieces are encoded normally (their special
+    tokens are real), each untrusted text goes through :func:`quote_untrusted` and is encoded with special-token
+    recognition off, so nothing the policy wrote can become a special token or one of our delimiters.
+    """
+    text = render_messages(tokenizer, messages)
+    pieces = _SLOT_RE.split(text)  # [trusted, index, trusted, index, ..., trusted]
+    found = [int(i) for i in pieces[1::2]]
+    if sorted(found) != list(range(len(untrusted))):
+        raise ValueError(
+            f"render_quoted_prompt: the rendered prompt holds placeholders {found} for {len(untrusted)} untrusted "
+            "texts (the chat template dropped or repeated one)"
+        )
+    ids: list[int] = []
+    for k, piece in enumerate(pieces):
+        if k % 2 == 0:
+            ids += encode_text(tokenizer, piece) if piece else []
+        else:
+            ids += encode_untrusted(tokenizer, quote_untrusted(untrusted[int(piece)]))
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------- score formats
+@dataclass(frozen=True)
+class ScoreFormat:
+    """How a judge writes its score: the line prefix, the critique's stop strings, the constrained number, the
+    parser over the judge's text, and the judge's scale, mapped linearly onto the reward scale [-1, 1]."""
+
+    prefix: str  # the score line the judge ends with, e.g. "SCORE:"
+    stops: tuple[str, ...]  # the critique phase stops at these (the judge never writes its own score line)
+    regex: str  # what may follow the prefix in the constrained phase
+    low: float  # the judge's scale
+    high: float
+    parse: Callable[[str], float | None]  # judge text -> value on [low, high], or None
+
+    def to_reward(self, value: float) -> float:
+        """[low, high] -> [-1, 1], linearly (the rubric's 0..100 becomes -1..1, 50 -> 0)."""
+        return 2.0 * (value - self.low) / (self.high - self.low) - 1.0
+
+
+STEP_SCALE = ScoreFormat(prefix="SCORE:", stops=("SCORE",), regex=SCORE_REGEX, low=-1.0, high=1.0,
+                         parse=parse_step_score)
+# An integer 0..100 (the paper's holistic score, App. E Fig. 13); an optional leading space as after "SCORE:".
+FINAL_SCORE_REGEX = r" ?(100|[1-9]?[0-9])"
+HUNDRED_SCALE = ScoreFormat(prefix="FINAL SCORE:", stops=("FINAL SCORE", "Final Score", "Final score"),
+                            regex=FINAL_SCORE_REGEX, low=0.0, high=100.0, parse=parse_final_score)
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+def _round_half_up(value: float, decimals: int) -> float:
+    """Rounding as people do it (0.35 -> 0.4, -0.35 -> -0.4) on the value's shortest decimal form."""
+    step = Decimal(1).scaleb(-decimals)
+    return float(Decimal(repr(value)).quantize(step, rounding=ROUND_HALF_UP))
+
+
+def aggregate_scores(values: Sequence[float], how: str, decimals: int = 1) -> float:
+    """One score from the sample scores of a request.
+
+    ``mean``: their arithmetic mean. ``vote``: the most frequent score after rounding to ``decimals`` places
+    (half away from zero); a tie goes to the tied value nearest the mean of all samples, and if two are equally
+    near, to the lower one (the conservative verdict).
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
+    if not values:
+        raise ValueError("aggregate_scores needs at least one value")
+    if how == "mean":
+        return statistics.fmean(values)
+    if decimals < 0:
+        raise ValueError(f"vote decimals must be >= 0, got {decimals}")
+    counts = Counter(_round_half_up(v, decimals) for v in values)
+    top = max(counts.values())
+    tied = [v for v, c in counts.items() if c == top]
+    mean = statistics.fmean(values)
+    return min(tied, key=lambda v: (abs(v - mean), v))
+
+
+# ----------------------------------------------------------------------------------------------- the judge
+@dataclass
+class Verdict:
+    """The judge's answer to one unique request (already on the reward scale)."""
+
+    score: float
+    critique: str
+    parsed: bool
+    route: str  # "constrained" | "free" | "default": how the request's score was read
+    retried: bool = False
+    raw: str = ""  # the last raw output looked at (error messages)
+    sample_scores: list[float] = field(default_factory=list)  # every parsed sample, reward scale
+
+
+class CritiqueScoreJudge:
+    """Critique-then-score over any :class:`GenerationEngine`, ``samples`` critiques per request; see the module
+    docstring for the phases. ``judge(prompts)`` returns one :class:`Verdict` per prompt and how each was served
+    (``"cache"``, ``"duplicate"`` or ``"fresh"``)."""
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        fmt: ScoreFormat,
+        *,
+        name: str,
+        critique_max_tokens: int = 128,
+        temperature: float = 0.0,
+        score_mode: str = "constrained",
+        default_score: float = 0.0,
+        samples: int = 1,
+        aggregate: str = "mean",
+        vote_decimals: int = 1,
+        cache_size: int = 50_000,
+        score_max_tokens: int = 8,
+        seed: int | None = None,
+    ) -> None:
+        where = f"{name}:"
+        if score_mode not in SCORE_MODES:
+            raise ValueError(f"{where} score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"{where} aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+        if critique_max_tokens < 1:
+            raise ValueError(f"{where} critique_max_tokens must be >= 1, got {critique_max_tokens}")
+        if score_max_tokens < 4:
+            raise ValueError(f"{where} score_max_tokens must be >= 4 (room for ' -0.35' / ' 100'), "
+                             f"got {score_max_tokens}")
+        if temperature < 0:
+            raise ValueError(f"{where} temperature must be >= 0, got {temperature}")
+        if samples < 1:
+            raise ValueError(f"{where} samples must be >= 1, got {samples}")
+        if vote_decimals < 0:
+            raise ValueError(f"{where} vote_decimals must be >= 0, got {vote_decimals}")
+        if not -1.0 <= default_score <= 1.0:
+            raise ValueError(f"{where} default_score must lie in the reward range [-1, 1], got {default_score}")
+        self.engine = engine
+        self.fmt = fmt
+        self.name = name
+        self.critique_max_tokens = critique_max_tokens
+        self.temperature = temperature
+        self.score_mode = score_mode
+        self.default_score = default_score
+        self.samples = samples
+        self.aggregate = aggregate
+        self.vote_decimals = vote_decimals
+        self.score_max_tokens = score_max_tokens
+        self.seed = seed
+        self.cache: LRUCache[Verdict] = LRUCache(cache_size)
+        self.settings_tag = (
+            f"{name}|mode={score_mode}|cmax={critique_max_tokens}|temp={temperature}|k={samples}|agg={aggregate}"
+            f"|dec={vote_decimals}|smax={score_max_tokens}|regex={fmt.regex}|seed={seed}"
+        )
+        self._warned_no_regex = False
+
+    # ------------------------------------------------------------------ settings of each phase
+    def _critique_settings(self) -> SamplingSettings:
+        return SamplingSettings(n=self.samples, temperature=self.temperature, max_new_tokens=self.critique_max_tokens,
+                                stop=self.fmt.stops, seed=self.seed)
+
+    def _score_settings(self) -> SamplingSettings:
+        return SamplingSettings(temperature=0.0, max_new_tokens=self.score_max_tokens, regex=self.fmt.regex)
+
+    def _free_settings(self, n: int, temperature: float) -> SamplingSettings:
+        # a whole free answer: the critique budget plus room for the score line
+        return SamplingSettings(n=n, temperature=temperature,
+                                max_new_tokens=self.critique_max_tokens + self.score_max_tokens + 4,
+                                seed=self.seed if temperature > 0 else None)
+
+    # ------------------------------------------------------------------ public API
+    def judge(self, prompts: Sequence[list[int]]) -> tuple[list[Verdict], list[str]]:
+        keys = [request_key(p, self.settings_tag) for p in prompts]
+        served: list[str] = []
+        known: dict[str, Verdict] = {}
+        first_served: dict[str, str] = {}
+        pending: list[int] = []  # index of the first prompt of each key to generate
+        for i, key in enumerate(keys):
+            if key in first_served:
+                served.append("duplicate" if first_served[key] == "fresh" else "cache")
+                continue
+            cached = self.cache.get(key)
+            if cached is not None:
+                known[key] = cached
+                first_served[key] = "cache"
+            else:
+                first_served[key] = "fresh"
+                pending.append(i)
+            served.append(first_served[key])
+        fresh = self._generate([prompts[i] for i in pending])
+        for i, verdict in zip(pending, fresh):
+            known[keys[i]] = verdict
+            if verdict.parsed:  # a default is not the judge's answer: ask again next time
+                self.cache.put(keys[i], verdict)
+        return [known[k] for k in keys], served
+
+    # ------------------------------------------------------------------ generation
+    def _call(self, prompts: list[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
+        outs = self.engine.generate(prompts, settings)
+        if len(outs) != len(prompts) or any(len(o) != settings.n for o in outs):
+            raise RuntimeError(
+                f"{self.name}: engine returned {[len(o) for o in outs]} completions for {len(prompts)} prompts "
+                f"with n={settings.n}"
+            )
+        return outs
+
+    def _read(self, text: str) -> float | None:
+        value = self.fmt.parse(text)
+        return None if value is None else self.fmt.to_reward(value)
+
+    def _generate(self, prompts: list[list[int]]) -> list[Verdict]:
+        """Verdicts for unique prompts: at most one engine call per phase for the whole batch."""
+        if not prompts:
+            return []
+        n = len(prompts)
+        found: list[list[tuple[float, str]]] = [[] for _ in range(n)]  # parsed (score, critique) per request
+        route = ["default"] * n
+        raw = [""] * n
+        if self.score_mode == "constrained":
+            self._constrained(prompts, found, route, raw)
+            todo = [i for i in range(n) if not found[i]]
+            if todo:  # free-form fallback: a whole free generation per sample
+                self._free(prompts, todo, self._free_settings(self.samples, self.temperature), found, route, raw)
+        else:
+            self._free(prompts, list(range(n)), self._free_settings(self.samples, self.temperature), found, route, raw)
+        retried = [i for i in range(n) if not found[i]]
+        if retried:  # one greedy retry of the whole answer
+            self._free(prompts, retried, self._free_settings(1, 0.0), found, route, raw)
+        was_retried = set(retried)
+
+        verdicts = []
+        for i in range(n):
+            scores = [s for s, _ in found[i]]
+            if not scores:
+                verdicts.append(Verdict(score=self.default_score, critique=raw[i], parsed=False, route="default",
+                                        retried=True, raw=raw[i]))
+                continue
+            if len(found[i]) == 1:
+                critique = found[i][0][1]
+            else:
+                critique = "\n\n".join(f"[sample {k + 1}/{len(found[i])}, score {s:+.2f}] {c}"
+                                       for k, (s, c) in enumerate(found[i]))
+            verdicts.append(Verdict(
+                score=aggregate_scores(scores, self.aggregate, self.vote_decimals), critique=critique, parsed=True,
+                route=route[i], retried=i in was_retried, raw=raw[i], sample_scores=scores,
+            ))
+        return verdicts
+
+    def _constrained(self, prompts, found, route, raw) -> None:
+        critiques = self._call(prompts, self._critique_settings())
+        tokenizer = self.engine.tokenizer
+        owners, score_prompts, texts = [], [], []
+        for i, completions in enumerate(critiques):
+            for c in completions:
+                text = clean_critique(c.text)
+                owners.append(i)
+                texts.append(text)
+                lead_in = (text + "\n" if text else "") + self.fmt.prefix
+                score_prompts.append(prompts[i] + encode_text(tokenizer, lead_in))
+        try:
+            scored = [o[0] for o in self._call(score_prompts, self._score_settings())]
+        except NotImplementedError as err:  # an engine that cannot constrain: the free-form route takes over
+            if not self._warned_no_regex:
+                logger.warning("%s: engine %s has no regex-constrained decoding (%s); parsing free-form output",
+                               self.name, type(self.engine).__name__, err)
+                self._warned_no_regex = True
+            scored = [Completion(text="", token_ids=[], logprobs=[], finish_reason="stop") for _ in score_prompts]
+        for i, text, c in zip(owners, texts, scored):
+            raw[i] = text + "\n" + self.fmt.prefix + c.text
+            value = self._read(self.fmt.prefix + " " + c.text.strip())
+            if value is not None:
+                found[i].append((value, text))
+                route[i] = "constrained"
+
+    def _free(self, prompts, todo: list[int], settings: SamplingSettings, found, route, raw) -> None:
+        outs = self._call([prompts[i] for i in todo], settings)
+        for i, completions in zip(todo, outs):
+            for c in completions:
+                raw[i] = c.text
+                value = self._read(c.text)
+                if value is not None:
+                    found[i].append((value, c.text.strip()))
+                    if route[i] == "default":
+                        route[i] = "free"
+
+
+# ----------------------------------------------------------------------------------------------- outcome models
+RenderFn = Callable[[object, str, str, str], list[int]]  # (tokenizer, preference, query, response) -> prompt ids
+
+
+class OutcomeJudgeModel:
+    """A :class:`~cdra_ray.rewards.base.RewardModel` scoring each response as one span with a
+    :class:`CritiqueScoreJudge`; subclasses choose the prompt (``render``) and the score format."""
+
+    needs_engine: ClassVar[bool] = True  # built with engine= (the wiring passes a GenerationEngine)
+
+    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = 0.95,
+                 min_requests_for_floor: int = 20) -> None:
+        if not 0.0 <= parse_rate_floor <= 1.0:
+            raise ValueError(f"{judge.name}: parse_rate_floor must lie in [0, 1], got {parse_rate_floor}")
+        if min_requests_for_floor < 1:
+            raise ValueError(f"{judge.name}: min_requests_for_floor must be >= 1, got {min_requests_for_floor}")
+        self.judge = judge
+        self.render = render
+        self.parse_rate_floor = parse_rate_floor
+        self.min_requests_for_floor = min_requests_for_floor
+        self.metrics = RewardMetrics()  # run totals (the floor is checked on these)
+
+    @property
+    def engine(self) -> GenerationEngine:
+        return self.judge.engine
+
+    def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
+        """One whole-response span per response, every response of every group in one batch of engine calls."""
+        tokenizer = self.engine.tokenizer
+        owners: list[tuple[int, int]] = []
+        prompts: list[list[int]] = []
+        rendered: dict[tuple[str, str, str], list[int]] = {}
+        for gi, group in enumerate(groups):
+            P, q = group.scenario.preference, group.scenario.query
+            for ri, sample in enumerate(group.samples):
+                context = (P, q, sample.response_text)
+                if context not in rendered:
+                    rendered[context] = self.render(tokenizer, P, q, sample.response_text)
+                owners.append((gi, ri))
+                prompts.append(rendered[context])
+        verdicts, served = self.judge.judge(prompts)
+
+        metrics = [RewardMetrics() for _ in groups]
+        outputs = [RewardOutput(step_scores=[[] for _ in g.samples], metrics=m) for g, m in zip(groups, metrics)]
+        for (gi, ri), verdict, how in zip(owners, verdicts, served):
+            m = metrics[gi]
+            m.requests += 1
+            if how == "cache":
+                m.cache_hits += 1
+            elif how == "duplicate":
+                m.deduplicated += 1
+            else:
+                if verdict.route == "constrained":
+                    m.parsed_constrained += 1
+                elif verdict.route == "free":
+                    m.parsed_free += 1
+                else:
+                    m.defaulted += 1
+                    m.example_unparsed = m.example_unparsed or verdict.raw[-400:]
+                m.retried += int(verdict.retried)
+            text = groups[gi].samples[ri].response_text
+            outputs[gi].step_scores[ri].append(
+                outcome_step_score(text, verdict.score, critique=verdict.critique, parsed=verdict.parsed))
+        self.metrics = self.metrics.merge(RewardMetrics.total(metrics))
+        self._check_parse_rate(outputs)
+        return outputs
+
+    def _check_parse_rate(self, outputs: list[RewardOutput]) -> None:
+        m = self.metrics
+        if m.generated < self.min_requests_for_floor or m.parse_rate >= self.parse_rate_floor:
+            return
+        j = self.judge
+        raise RewardParseError(
+            f"{j.name} parse rate {m.parse_rate:.1%} is below parse_rate_floor {self.parse_rate_floor:.1%}: of "
+            f"{m.generated} generated judge requests, {m.parsed_constrained} were parsed from the constrained score, "
+            f"{m.parsed_free} from free text, {m.retried} needed a retry and {m.defaulted} got the default score "
+            f"{j.default_score} (score_mode={j.score_mode!r}). Example unparsed output: {m.example_unparsed!r}. "
+            f"Use score_mode='constrained' with an engine that supports regex constraints, give critiques more room "
+            f"(critique_max_tokens), or lower parse_rate_floor.",
+            outputs,
+        )

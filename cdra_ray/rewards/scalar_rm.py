@@ -1,0 +1,108 @@
+"""``scalar_rm``: a classic scalar reward model (Table 3's "GRPO (with RM)"): one number per response, no critique,
+no process.
+
+Any HF directory loadable by ``AutoModelForSequenceClassification`` with ``num_labels=1`` (a Bradley-Terry RM
+as trained by TRL's RewardTrainer or OpenRLHF, e.g. Skywork-Reward; a tiny one in tests) scores the
+chat-rendered conversation (P, q, response) of :func:`~cdra_ray.rewards.head_models.render_scoring_input`; the
+head's pooling reads the last non-pad token. Responses are scored in batches of ``batch_size`` rows (right-padded,
+sorted by length so rows of similar length share a batch); the score is one span over the whole response.
+
+``score_transform``: ``identity`` (default: the raw logit; group-relative estimators only need its order and
+gaps) or ``tanh`` (squashes it into [-1, 1], comparable with the judges' scale in the ablation table).
+It has its own model loading (no generation engine), so it is built with ``model_dir=``, not ``engine=``.
+Nothing is parsed from text, so a response writing "SCORE: 1.0" is just text to the RM; it cannot break out of its
+turn either (special-token strings in it stay text).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+from cdra_ray.messages import Group
+from cdra_ray.rewards.base import RewardMetrics, RewardOutput, outcome_step_score, register_reward_model
+from cdra_ray.rewards.head_models import load_head_model, pad_right, render_scoring_input
+
+SCORE_TRANSFORMS = ("identity", "tanh")
+
+
+def transform_score(value: float, how: str) -> float:
+    if how == "identity":
+        return value
+    if how == "tanh":
+        return math.tanh(value)
+    raise ValueError(f"score_transform must be one of {SCORE_TRANSFORMS}, got {how!r}")
+
+
+@register_reward_model("scalar_rm")
+class ScalarRM:
+    """Outcome reward from a sequence-classification head, batched over all responses of a call."""
+
+    needs_engine: ClassVar[bool] = False  # built with model_dir= (its own model loading)
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int = 8,
+        max_length: int = 4096,
+        score_transform: str = "identity",
+        allow_untrained_head: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"scalar_rm: batch_size must be >= 1, got {batch_size}")
+        if max_length < 2:
+            raise ValueError(f"scalar_rm: max_length must be >= 2, got {max_length}")
+        transform_score(0.0, score_transform)  # validates the name
+        if num_threads is not None:
+            import torch
+
+            torch.set_num_threads(int(num_threads))
+        self.model, self.tokenizer = load_head_model(model_dir, "sequence", dtype=dtype, device=device,
+                                                     allow_untrained_head=allow_untrained_head, who="scalar_rm")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.score_transform = score_transform
+        self.metrics = RewardMetrics()
+
+    def raw_scores(self, rows: list[list[int]]) -> list[float]:
+        """The head's output for each tokenized conversation (batched, in input order)."""
+        import torch
+
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = [0.0] * len(rows)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            ids, mask = pad_right([rows[i] for i in chunk], int(self.model.config.pad_token_id))
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for i, value in zip(chunk, logits[:, 0].float().tolist()):
+                out[i] = value
+        return out
+
+    def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
+        rows, owners = [], []
+        for gi, group in enumerate(groups):
+            P, q = group.scenario.preference, group.scenario.query
+            for ri, sample in enumerate(group.samples):
+                ids = render_scoring_input(self.tokenizer, P, q, sample.response_text).input_ids
+                if len(ids) > self.max_length:
+                    raise ValueError(
+                        f"scalar_rm: group {group.scenario.uid!r} response {ri} renders to {len(ids)} tokens, over "
+                        f"max_length={self.max_length} (reward.max_model_len); raise it or shorten the responses"
+                    )
+                rows.append(ids)
+                owners.append((gi, ri))
+        scores = self.raw_scores(rows) if rows else []
+        outputs = [RewardOutput(step_scores=[[] for _ in g.samples], metrics=RewardMetrics()) for g in groups]
+        for (gi, ri), value in zip(owners, scores):
+            text = groups[gi].samples[ri].response_text
+            outputs[gi].step_scores[ri].append(outcome_step_score(text, transform_score(value, self.score_transform)))
+            outputs[gi].metrics.requests += 1  # no parsing step: parse counts stay 0, parse_rate is not logged
+        self.metrics = self.metrics.merge(RewardMetrics.total([o.metrics for o in outputs]))
+        return outputs
