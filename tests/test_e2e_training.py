@@ -131,3 +131,18 @@ def test_asynchronous_run_with_two_workers_trains_each_group_once_and_counts_sta
     # every drawn scenario was trained, dropped as stale, or still in flight/buffered at the end
     assert drawn >= len(trained) + summary["dropped_stale"]
     assert summary["dropped_stale"] == driver.buffer.dropped_stale
+
+
+def test_outcome_reward_variant_runs_through_the_same_pipeline(local_ray, tmp_path):
+    """reward.kind=genrm + advantage grpo: one scored span per response, the rest of the run unchanged."""
+    config = _config(tmp_path, "train.total_updates=1", "rollout.engine=hf", "reward.engine=hf",
+                     "reward.kind=genrm", "algorithm.advantage=grpo")
+    driver, actors = _build(config)
+    try:
+        driver.run(progress=False)
+    finally:
+        _stop(actors)
+    (metrics,) = _read_jsonl(tmp_path / "tiny_test" / "metrics.jsonl")
+    assert metrics["reward/requests"] == config.rollout.group_size  # one outcome score per response
+    assert metrics["reward/parse_rate"] == 1.0
+    assert metrics["learner/num_samples"] == config.rollout.group_size
