@@ -28,6 +28,21 @@ def _ray_cli() -> str:
     return str(candidate) if candidate.exists() else shutil.which("ray")
 
 
+def _wait_for_job_server(address: str, timeout_s: float = 180.0) -> None:
+    """The dashboard's job server comes up a little after `ray start` returns (later on a loaded machine)."""
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
+
+
 @pytest.fixture()
 def loopback_head(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # head and client must agree (Ray 2.60 token auth)
@@ -39,8 +54,10 @@ def loopback_head(tmp_path):
         env=env, capture_output=True, text=True, timeout=180,
     )
     assert start.returncode == 0, start.stdout + start.stderr
+    address = f"http://127.0.0.1:{dashboard_port}"
     try:
-        yield f"http://127.0.0.1:{dashboard_port}", env
+        _wait_for_job_server(address)
+        yield address, env
     finally:
         subprocess.run([_ray_cli(), "stop", "--force"], env=env, capture_output=True, timeout=120)
 
@@ -59,6 +76,8 @@ def test_ray_job_submit_runs_the_tiny_preset_to_success(loopback_head, tmp_path)
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
+    assert submission_id in {job.submission_id for job in client.list_jobs()}, (
+        f"the job was not submitted:\n{submit.stdout[-4000:]}\n{submit.stderr[-4000:]}")
     deadline = time.time() + 120
     status = client.get_job_status(submission_id)
     while not status.is_terminal() and time.time() < deadline:
