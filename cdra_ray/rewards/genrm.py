@@ -9,9 +9,8 @@ the answer as a whole. The wording is ours; the scale is the paper's [-1, 1].
 
 from __future__ import annotations
 
-from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.rewards.base import register_reward_model
-from cdra_ray.rewards.judge import STEP_SCALE, CritiqueScoreJudge, OutcomeJudgeModel, render_quoted_prompt, slot
+from cdra_ray.rewards.judge import STEP_SCALE, SingleCritiqueJudgeModel, render_quoted_prompt, slot
 
 OUTCOME_RUBRIC = """You review a complete answer that an assistant wrote for one particular user. Decide how well the
 answer as a whole serves this user: does it respect the preference they stated, does it notice the needs and values
@@ -61,27 +60,10 @@ def render_outcome_prompt(tokenizer, preference: str, query: str, response: str)
 
 
 @register_reward_model("genrm")
-class GenRM(OutcomeJudgeModel):
+class GenRM(SingleCritiqueJudgeModel):
     """Critique-then-score of the whole response, one span per response, score in [-1, 1]."""
 
-    def __init__(
-        self,
-        engine: GenerationEngine,
-        *,
-        critique_max_tokens: int = 128,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
-        score_max_tokens: int = 8,
-        seed: int | None = None,
-    ) -> None:
-        judge = CritiqueScoreJudge(
-            engine, STEP_SCALE, name="genrm", critique_max_tokens=critique_max_tokens,
-            temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
-            cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
-        )
-        super().__init__(judge, render_outcome_prompt, parse_rate_floor=parse_rate_floor,
-                         min_requests_for_floor=min_requests_for_floor)
+    kind = "genrm"
+    scale = STEP_SCALE
+    render_prompt = staticmethod(render_outcome_prompt)
+    default_critique_tokens = 128

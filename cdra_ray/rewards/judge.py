@@ -434,3 +434,36 @@ class OutcomeJudgeModel:
             f"(critique_max_tokens), or lower parse_rate_floor.",
             outputs,
         )
+
+
+class SingleCritiqueJudgeModel(OutcomeJudgeModel):
+    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, ``render_prompt`` and
+    ``default_critique_tokens``; the constructor (the options the wiring passes) is shared."""
+
+    kind: ClassVar[str]
+    scale: ClassVar[ScoreFormat]
+    render_prompt: ClassVar[RenderFn]
+    default_critique_tokens: ClassVar[int] = 128
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        *,
+        critique_max_tokens: int | None = None,
+        critique_temperature: float = 0.0,
+        score_mode: str = "constrained",
+        default_score: float = 0.0,
+        parse_rate_floor: float = 0.95,
+        min_requests_for_floor: int = 20,
+        cache_size: int = 50_000,
+        score_max_tokens: int = 8,
+        seed: int | None = None,
+    ) -> None:
+        judge = CritiqueScoreJudge(
+            engine, self.scale, name=self.kind,
+            critique_max_tokens=critique_max_tokens or self.default_critique_tokens,
+            temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
+            cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+        )
+        super().__init__(judge, type(self).render_prompt, parse_rate_floor=parse_rate_floor,
+                         min_requests_for_floor=min_requests_for_floor)

@@ -10,10 +10,9 @@ Outcome level: one span per response, for the ``grpo`` estimator.
 
 from __future__ import annotations
 
-from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.rewards.base import register_reward_model
 from cdra_ray.rewards.genrm import UNTRUSTED_NOTE
-from cdra_ray.rewards.judge import HUNDRED_SCALE, CritiqueScoreJudge, OutcomeJudgeModel, render_quoted_prompt, slot
+from cdra_ray.rewards.judge import HUNDRED_SCALE, SingleCritiqueJudgeModel, render_quoted_prompt, slot
 
 RUBRIC = """You are the last reviewer of an assistant's complete answer to one particular user. Judge the answer as a
 whole, on three criteria, and award points for each:
@@ -62,27 +61,10 @@ def render_rubric_prompt(tokenizer, preference: str, query: str, response: str) 
 
 
 @register_reward_model("rubric_rm")
-class RubricRM(OutcomeJudgeModel):
+class RubricRM(SingleCritiqueJudgeModel):
     """Rubric judge: reasoning with points per criterion, then ``FINAL SCORE: 0..100`` -> reward in [-1, 1]."""
 
-    def __init__(
-        self,
-        engine: GenerationEngine,
-        *,
-        critique_max_tokens: int = 160,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
-        score_max_tokens: int = 8,
-        seed: int | None = None,
-    ) -> None:
-        judge = CritiqueScoreJudge(
-            engine, HUNDRED_SCALE, name="rubric_rm", critique_max_tokens=critique_max_tokens,
-            temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
-            cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
-        )
-        super().__init__(judge, render_rubric_prompt, parse_rate_floor=parse_rate_floor,
-                         min_requests_for_floor=min_requests_for_floor)
+    kind = "rubric_rm"
+    scale = HUNDRED_SCALE
+    render_prompt = staticmethod(render_rubric_prompt)
+    default_critique_tokens = 160
