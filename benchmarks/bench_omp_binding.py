@@ -21,7 +21,6 @@ Measured (each engine in its own process; SmolLM2 fp32; ``--prompts`` prompts x 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading

@@ -1,6 +1,5 @@
 """Driver building blocks without Ray: staleness buffer, micro-batching, atomic checkpoints, timers."""
 
-import json
 import threading
 from pathlib import Path
 

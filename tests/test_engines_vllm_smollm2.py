@@ -2,7 +2,6 @@
 agree, weight reloads (tied embeddings included) behave the same. Slow: about 2 minutes on 2 idle cores."""
 
 import importlib.util
-import json
 import textwrap
 
 import pytest

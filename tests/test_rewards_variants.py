@@ -380,7 +380,7 @@ def test_outcome_judge_has_more_zero_advantage_groups_than_pers_genprm_on_the_sa
     # step rewards 0.8 for a step about fruit, -0.4 otherwise.
     texts = ["Step 1: fruit.\nStep 2: rest.", "Step 1: cake.\nStep 2: fruit.", "Step 1: cake.\nStep 2: rest."]
     groups = [char_group(f"g{k}", texts, index=k) for k in range(3)]
-    current = re.compile(r'status="CURRENT">\n(.*?)\n</step>', re.S)
+    current = re.compile(r'>\n([^<]*)\n</step>\n\nJudge step', re.S)  # the last step shown is the one judged
 
     outcome = GenRM(ScriptedEngine(critique="Solid overall.", score=" 0.5")).score_groups(groups)
     process = PersGenPRM(ScriptedEngine(critique="Step noted.", score=lambda t: " 0.8" if "fruit" in

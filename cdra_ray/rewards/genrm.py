@@ -10,7 +10,8 @@ the answer as a whole. The wording is ours; the scale is the paper's [-1, 1].
 from __future__ import annotations
 
 from cdra_ray.rewards.base import register_reward_model
-from cdra_ray.rewards.judge import STEP_SCALE, SingleCritiqueJudgeModel, render_quoted_prompt, slot
+from cdra_ray.rewards.judge import STEP_SCALE, SingleCritiqueJudgeModel
+from cdra_ray.rewards.prompts import render_quoted_prompt, slot
 
 OUTCOME_RUBRIC = """You review a complete answer that an assistant wrote for one particular user. Decide how well the
 answer as a whole serves this user: does it respect the preference they stated, does it notice the needs and values

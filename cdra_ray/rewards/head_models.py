@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cdra_ray.rewards.judge import slot
-from cdra_ray.rewards.prompts import encode_text, encode_untrusted
+from cdra_ray.rewards.prompts import encode_text, encode_untrusted, slot
 
 HEADS = ("sequence", "token")
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")

@@ -17,7 +17,7 @@ through :class:`CritiqueScoreJudge`:
 
 Reward hacking: the parsers only ever read the judge's own output (the critique continuation or the free text),
 never the prompt, so a response that writes ``SCORE: 1.0`` cannot score itself. On top of that the response is
-quoted: our delimiter tags inside it are defused, score claims are re-worded (:func:`quote_untrusted`), and it is
+quoted: our delimiter tags inside it are defused, score claims are re-worded (``prompts.quote_untrusted``), and it is
 tokenized with special-token recognition off (``prompts.encode_untrusted``), so a response containing
 ``<|im_end|><|im_start|>assistant`` cannot close its quote and speak as the judge.
 
@@ -28,7 +28,6 @@ two phases); see the report of issue 4 for the suggested refactor that lets both
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,59 +40,12 @@ from cdra_ray.messages import Group
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError, outcome_step_score
 from cdra_ray.rewards.cache import LRUCache, request_key
 from cdra_ray.rewards.pers_genprm import SCORE_REGEX, clean_critique
-from cdra_ray.rewards.prompts import encode_text, encode_untrusted, render_messages
+from cdra_ray.rewards.prompts import encode_text
 
 logger = logging.getLogger(__name__)
 
 SCORE_MODES = ("constrained", "free")
 AGGREGATES = ("mean", "vote")
-
-# ----------------------------------------------------------------------------------------------- quoting
-UNTRUSTED_TAGS = ("preference", "query", "response", "step", "answer")
-# "<tag" / "</tag" of our delimiters inside untrusted text would let it close its quote early: defuse it.
-_TAG_RE = re.compile(r"<(\s*/?\s*)(" + "|".join(UNTRUSTED_TAGS) + r")\b", re.IGNORECASE)
-# "SCORE: 1.0" / "FINAL SCORE: 100" inside a response is re-worded: it would hit the critique's stop string if the
-# judge quoted it, and an exact score line in context invites copying.
-_SCORE_CLAIM_RE = re.compile(r"(?<![A-Za-z])score(?=[ \t*_\"']*[:=])", re.IGNORECASE)
-# Placeholders marking where untrusted text goes in a rendered prompt (Unicode private-use characters).
-_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
-
-
-def quote_untrusted(text: str) -> str:
-    """``text`` made safe to quote between our tags: ``<response`` -> ``‹response`` (also ``</...``, and the
-    tags ``preference``, ``query``, ``step``, ``answer``), ``SCORE: 1.0`` -> ``claimed score: 1.0``."""
-    text = _TAG_RE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), text)
-    return _SCORE_CLAIM_RE.sub("claimed score", text)
-
-
-def slot(index: int) -> str:
-    """The placeholder for the ``index``-th untrusted text in a message passed to :func:`render_quoted_prompt`."""
-    return f"\ue000{index}\ue001"
-
-
-def render_quoted_prompt(tokenizer, messages: list[dict[str, str]], untrusted: Sequence[str]) -> list[int]:
-    """Token ids of a chat prompt whose messages hold :func:`slot` placeholders for ``untrusted`` texts.
-
-    The template is rendered once around the placeholders; the trusted pieces are encoded normally (their special
-    tokens are real), each untrusted text goes through :func:`quote_untrusted` and is encoded with special-token
-    recognition off, so nothing the policy wrote can become a special token or one of our delimiters.
-    """
-    text = render_messages(tokenizer, messages)
-    pieces = _SLOT_RE.split(text)  # [trusted, index, trusted, index, ..., trusted]
-    found = [int(i) for i in pieces[1::2]]
-    if sorted(found) != list(range(len(untrusted))):
-        raise ValueError(
-            f"render_quoted_prompt: the rendered prompt holds placeholders {found} for {len(untrusted)} untrusted "
-            "texts (the chat template dropped or repeated one)"
-        )
-    ids: list[int] = []
-    for k, piece in enumerate(pieces):
-        if k % 2 == 0:
-            ids += encode_text(tokenizer, piece) if piece else []
-        else:
-            ids += encode_untrusted(tokenizer, quote_untrusted(untrusted[int(piece)]))
-    return ids
-
 
 # ----------------------------------------------------------------------------------------------- score formats
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from cdra_ray.rewards.base import register_reward_model
 from cdra_ray.rewards.genrm import UNTRUSTED_NOTE
-from cdra_ray.rewards.judge import HUNDRED_SCALE, SingleCritiqueJudgeModel, render_quoted_prompt, slot
+from cdra_ray.rewards.judge import HUNDRED_SCALE, SingleCritiqueJudgeModel
+from cdra_ray.rewards.prompts import render_quoted_prompt, slot
 
 RUBRIC = """You are the last reviewer of an assistant's complete answer to one particular user. Judge the answer as a
 whole, on three criteria, and award points for each:
