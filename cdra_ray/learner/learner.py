@@ -487,12 +487,16 @@ class Learner:
         """
         yield from self.weight_source(dtype)
 
-    def export_weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """HF-named CPU copies of all parameters, for ``GenerationEngine.load_weights``.
+    def export_weights(self, dtype: torch.dtype | None = None, copy: bool = True) -> dict[str, torch.Tensor]:
+        """HF-named CPU tensors of all parameters, for ``GenerationEngine.load_weights``.
 
-        Cloned: a view into a ZeRO-1/2 flat buffer would pin (and, through Ray, ship) the whole buffer.
+        ``copy=True``: clones, safe to keep. ``copy=False``: the live CPU parameters themselves where possible
+        (ZeRO-0/1/2), valid until the next optimizer step, for a caller that serializes them at once (the Ray
+        shell packs them with :func:`~cdra_ray.actors.shared_weights.pack_weights`); ZeRO-3 gathers and
+        non-CPU parameters are copied either way.
         """
-        return {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in self.iter_weights(dtype)}
+        copy = copy or self._is_zero3()
+        return {name: tensor.detach().to("cpu", copy=copy) for name, tensor in self.iter_weights(dtype)}
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """Write an HF model directory (safetensors + config + tokenizer) that transformers and vLLM load.
