@@ -10,7 +10,7 @@ import torch
 
 from cdra_ray.learner.batch import build_batch, micro_batches
 from cdra_ray.learner.deepspeed_config import build_deepspeed_config
-from cdra_ray.learner.logprobs import response_logprobs, token_logprobs
+from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs, token_logprobs
 from cdra_ray.messages import Group, Sample, Scenario, StepScore
 
 
@@ -191,6 +191,60 @@ def test_response_logprobs_on_padded_batch_equal_unpadded_loop():
                     expected = torch.log_softmax(logits[p + t - 1], -1)[token]
                     assert torch.allclose(got[row, t], expected, atol=1e-5), (row, t)
                 row += 1
+
+
+def _tiny_llama(seed=0, vocab=40):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=128, vocab_size=vocab, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_one_forward_per_row():
+    # Three groups (two prompt lengths, ragged responses, rows of groups interleaved) through both paths.
+    g = torch.Generator().manual_seed(1)
+    groups = []
+    for k, prompt_len in enumerate((5, 3, 5)):
+        prompt = torch.randint(1, 40, (prompt_len,), generator=g).tolist()
+        responses = [torch.randint(1, 40, (n,), generator=g).tolist() for n in (4, 1, 6)]
+        groups.append(_group(f"g{k}", prompt, responses, [[0] * len(r) for r in responses],
+                             [[0.0] for _ in responses], 0))
+    batch = build_batch(groups, pad_token_id=0)
+    rows = torch.tensor([0, 3, 6, 1, 4, 7, 2, 5, 8])  # groups interleaved: the result must follow row order
+    sub = batch.select(rows)
+    mask = sub.response_mask.float()
+    results = []
+    for compute in ("per_row", "shared"):
+        model = _tiny_llama()
+        if compute == "per_row":
+            lp = response_logprobs(model, sub.input_ids, sub.attention_mask, sub.position_ids, sub.response_ids,
+                                   temperature=0.7)
+        else:
+            lp = shared_prompt_logprobs(model, sub.input_ids, sub.attention_mask, sub.response_ids, temperature=0.7)
+        (lp * mask).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((lp.detach() * mask, grads))
+    (per_row, grads_a), (shared, grads_b) = results
+    assert torch.allclose(per_row, shared, atol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_shared_prompt_logprobs_runs_each_distinct_prompt_once():
+    calls = []
+    model = _tiny_llama().eval()
+    model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)),
+                                    with_kwargs=True)
+    groups = [_group("a", [1, 2, 3], [[4, 5], [6], [7, 8, 9]], [[0, 0], [0], [0, 0, 0]], [[0.0]] * 3, 0),
+              _group("b", [5, 6], [[4, 5], [6]], [[0, 0], [0]], [[0.0]] * 2, 0)]
+    batch = build_batch(groups, pad_token_id=0)
+    with torch.no_grad():
+        shared_prompt_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_ids)
+    # per prompt: one pass over the prompt alone (batch 1), one over its rows' responses (width C = 3)
+    assert calls == [(1, 3), (3, 3), (1, 2), (2, 3)]
 
 
 # ------------------------------------------------------------------------------------------------ DeepSpeed config

@@ -112,6 +112,36 @@ def test_kl_is_zero_at_first_step_when_reference_equals_policy(tiny_dir):
     learner.close()
 
 
+def test_sharing_the_prompt_forward_changes_nothing_but_the_compute(tiny_dir):
+    from cdra_ray.learner import ReferencePolicy
+
+    groups = make_groups(2, seed=9)
+    ref_values = [ReferencePolicy(tiny_dir, "float32", num_threads=2, micro_batch_size=3,
+                                  share_prompt_forward=share).logprobs(groups) for share in (True, False)]
+    flat = [torch.tensor(v) for values in ref_values for g in values for v in g]
+    half = len(flat) // 2
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(flat[:half], flat[half:]))
+    for group, values in zip(groups, ref_values[0]):
+        group.ref_logprobs = values
+    runs = []
+    for share in (True, False):
+        learner = make_learner(tiny_dir, zero_stage=0, beta=0.1, micro_batch_size=3, share_prompt_forward=share)
+        before = learner.export_weights()
+        metrics = learner.train_on_groups(groups)
+        runs.append((metrics, learner.export_weights()))
+        learner.close()
+    (m_shared, w_shared), (m_plain, w_plain) = runs
+    assert m_shared["grad_norm"] == pytest.approx(m_plain["grad_norm"], rel=1e-4)
+    assert m_shared["pg_loss"] == pytest.approx(m_plain["pg_loss"], abs=1e-6)
+    assert m_shared["kl_mean"] == pytest.approx(m_plain["kl_mean"], abs=1e-7)
+
+    def mean_abs(a, b):
+        return sum(float((a[k] - b[k]).abs().sum()) for k in a) / sum(a[k].numel() for k in a)
+
+    # Adam's first step is ~lr * sign(grad): float noise flips a few near-zero gradients, nothing more
+    assert mean_abs(w_shared, w_plain) < 0.01 * mean_abs(w_plain, before)
+
+
 def test_missing_reference_with_beta_is_an_error(tiny_dir):
     learner = make_learner(tiny_dir, zero_stage=0, beta=0.1)
     with pytest.raises(ValueError, match="ref_logprobs"):

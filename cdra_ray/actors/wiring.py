@@ -85,11 +85,10 @@ class RewardActor(RewardService):
 
 @ray.remote
 class ReferenceActor(ReferenceService):
-    def __init__(self, model_dir: str, dtype: str, num_threads: int, temperature: float, device: str):
+    def __init__(self, model_dir: str, options: dict):
         from cdra_ray.learner.reference import ReferencePolicy
 
-        super().__init__(ReferencePolicy(model_dir, dtype=dtype, num_threads=num_threads, temperature=temperature,
-                                         device=device))
+        super().__init__(ReferencePolicy(model_dir, **options))
 
 
 @ray.remote
@@ -205,7 +204,8 @@ def learner_settings(config: Config, model_dir: str):
         advantage=a.advantage, advantage_options=options, advantage_eps=a.eps,
         temperature=config.rollout.temperature, micro_batch_size=l.micro_batch_size,
         ppo_epochs=l.ppo_epochs, max_grad_norm=l.max_grad_norm, importance_cap=a.importance_cap,
-        gradient_checkpointing=l.gradient_checkpointing, num_threads=threads_for(l.num_cpus),
+        gradient_checkpointing=l.gradient_checkpointing, share_prompt_forward=l.share_prompt_forward,
+        num_threads=threads_for(l.num_cpus),
         seed=config.train.seed, device=l.device, dist_backend="nccl" if l.device == "cuda" else "gloo",
     )
 
@@ -285,8 +285,10 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
                                        max_concurrency=MAX_CONCURRENT_CALLS,
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
-                                       ).remote(reference_dir, config.model.dtype, threads_for(lc.num_cpus),
-                                                r.temperature, device)
+                                       ).remote(reference_dir, {
+                                           "dtype": config.model.dtype, "num_threads": threads_for(lc.num_cpus),
+                                           "temperature": r.temperature, "device": device,
+                                           "share_prompt_forward": lc.share_prompt_forward})
     learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
                                    runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                    ).remote(learner_settings(config, policy_dir))

@@ -102,6 +102,7 @@ class LearnerConfig:
     ppo_epochs: int = 1
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    share_prompt_forward: bool = True  # learner and reference run a group's shared prompt once per micro-batch
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     num_cpus: float = 1.0
     num_gpus: float = 0.0

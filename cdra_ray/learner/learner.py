@@ -19,6 +19,9 @@ How it departs from a textbook PPO loop, and why:
   aggregations, tokens for ``token-mean``), so accumulating them gives exactly the loss of the whole
   mini-batch at once, whatever the micro-batch size. DeepSpeed runs with ``managed_gradient_accumulation``
   off: a batch has a varying number of micro-batches and ``step()`` marks the boundary.
+- The G responses of a group share one forward pass over their prompt (``share_prompt_forward``, see
+  :func:`~cdra_ray.learner.logprobs.shared_prompt_logprobs`): the same loss and gradients with the prompt's
+  compute paid once per micro-batch instead of once per response.
 - Dropout is switched off (``disable_dropout``): with dropout the ratio pi_theta/pi_old is noise even before
   any update.
 
@@ -44,7 +47,7 @@ import torch
 
 from cdra_ray.learner.batch import TrainBatch, build_batch, micro_batches
 from cdra_ray.learner.deepspeed_config import build_deepspeed_config
-from cdra_ray.learner.logprobs import response_logprobs
+from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class LearnerSettings:
     mini_batch_size: int | None = None  # responses per optimizer step; None = the whole batch
     ppo_epochs: int = 1
     logprob_chunk_size: int = 1024  # token rows per log-softmax chunk
+    share_prompt_forward: bool = True  # a group's prompt runs once per micro-batch (not with grad. checkpointing)
     # engine
     zero_stage: int = 0
     dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
@@ -329,6 +333,15 @@ class Learner:
 
     def _logprobs(self, batch: TrainBatch) -> torch.Tensor:
         dev = self.device
+        if self.settings.share_prompt_forward and not self.settings.gradient_checkpointing:
+            return shared_prompt_logprobs(
+                self.engine,
+                batch.input_ids.to(dev),
+                batch.attention_mask.to(dev),
+                batch.response_ids.to(dev),
+                chunk_size=self.settings.logprob_chunk_size,
+                temperature=self.settings.temperature,
+            )
         return response_logprobs(
             self.engine,
             batch.input_ids.to(dev),

@@ -1,8 +1,9 @@
 """The frozen reference policy pi_ref: per-token log-probs of sampled responses, for the KL term.
 
 Plain transformers in inference mode (no DeepSpeed: nothing to train, nothing to shard on these machines).
-Rows are sorted by length before they are cut into micro-batches, so short responses are not padded to the
-longest one; results come back in the groups' own order.
+By default the rows of a group stay together in a micro-batch and their shared prompt runs once
+(:func:`~cdra_ray.learner.logprobs.shared_prompt_logprobs`); with ``share_prompt_forward=False`` rows are sorted by
+length instead, so short responses are not padded to the longest one. Results come back in the groups' own order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 
 from cdra_ray.learner.batch import build_batch, micro_batches
-from cdra_ray.learner.logprobs import response_logprobs
+from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -32,6 +33,7 @@ class ReferencePolicy:
         temperature: float = 1.0,
         device: str = "cpu",
         attn_implementation: str = "sdpa",
+        share_prompt_forward: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -46,6 +48,7 @@ class ReferencePolicy:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.micro_batch_size = micro_batch_size
+        self.share_prompt_forward = share_prompt_forward
         self.chunk_size = chunk_size
         self.temperature = temperature
         self.device = torch.device(device)
@@ -63,21 +66,21 @@ class ReferencePolicy:
         if not groups:
             return []
         batch = build_batch(groups, pad_token_id=self.pad_token_id, require_rewards=False)
-        lengths = batch.attention_mask.sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
+        if self.share_prompt_forward:  # rows of a group stay together: their prompt runs once
+            order = torch.arange(batch.num_rows)
+        else:
+            order = torch.argsort(batch.attention_mask.sum(dim=1), descending=True, stable=True)
         values = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        dev = self.device
         for rows in micro_batches(batch.num_rows, self.micro_batch_size, order):
             sub = batch.select(rows)
-            dev = self.device
-            lp = response_logprobs(
-                self.model,
-                sub.input_ids.to(dev),
-                sub.attention_mask.to(dev),
-                sub.position_ids.to(dev),
-                sub.response_ids.to(dev),
-                chunk_size=self.chunk_size,
-                temperature=self.temperature,
-            )
+            options = {"chunk_size": self.chunk_size, "temperature": self.temperature}
+            if self.share_prompt_forward:
+                lp = shared_prompt_logprobs(self.model, sub.input_ids.to(dev), sub.attention_mask.to(dev),
+                                            sub.response_ids.to(dev), **options)
+            else:
+                lp = response_logprobs(self.model, sub.input_ids.to(dev), sub.attention_mask.to(dev),
+                                       sub.position_ids.to(dev), sub.response_ids.to(dev), **options)
             values[rows, : sub.response_width] = lp.float().cpu()
         out: list[list[list[float]]] = []
         for group, rows in zip(groups, batch.group_slices):
