@@ -144,7 +144,9 @@ def test_wiring_builds_engine_options_and_actor_environments():
     assert gpu["weight_transfer_config"] == {"backend": "nccl"} and gpu["worker_extension_cls"].endswith("Extension")
     assert gpu["tensor_parallel_size"] == 1 and gpu["dtype"] == "bfloat16"
     cpu = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048)
-    assert "weight_transfer_config" not in cpu
+    assert "weight_transfer_config" not in cpu and cpu["dtype"] == "float32"  # model.dtype
+    assert engine_options("hf", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048,
+                          dtype="bfloat16")["dtype"] == "bfloat16"  # reward.dtype overrides it
     env = actor_env(2.0, "vllm", 2.0, "cpu")
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"

@@ -211,9 +211,11 @@ def learner_settings(config: Config, model_dir: str):
 
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
-                   weight_sync: str = "object_store") -> dict[str, Any]:
+                   weight_sync: str = "object_store", dtype: str | None = None) -> dict[str, Any]:
+    """Constructor options of a generation engine; ``dtype`` None = ``model.dtype``."""
+    dtype = dtype or config.model.dtype
     if kind == "hf":
-        return {"dtype": config.model.dtype, "seed": config.train.seed, "device": config.learner.device}
+        return {"dtype": dtype, "seed": config.train.seed, "device": config.learner.device}
     if kind == "openai":
         w = config.reward
         return {"base_url": w.base_url, "model": w.served_model, "api_key_env": w.api_key_env,
@@ -225,7 +227,7 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
 
         extra = {"weight_transfer_config": {"backend": "nccl"}, "worker_extension_cls": WORKER_EXTENSION}
     return {**extra,
-        "dtype": config.model.dtype, "seed": config.train.seed, "max_model_len": max_model_len,
+        "dtype": dtype, "seed": config.train.seed, "max_model_len": max_model_len,
         "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
         "tensor_parallel_size": config.rollout.tensor_parallel_size,
     }
@@ -237,7 +239,7 @@ def reward_model_options(config: Config) -> dict[str, Any]:
     judge = dict(critique_max_tokens=w.critique_max_tokens, score_mode=w.score_mode, default_score=w.default_score,
                  parse_rate_floor=w.parse_rate_floor, min_requests_for_floor=w.min_requests_for_floor,
                  cache_size=w.cache_size)
-    heads = dict(dtype=config.model.dtype, device=config.learner.device, batch_size=w.batch_size,
+    heads = dict(dtype=w.dtype or config.model.dtype, device=config.learner.device, batch_size=w.batch_size,
                  max_length=w.max_model_len, allow_untrained_head=w.allow_untrained_head,
                  num_threads=threads_for(w.num_cpus))
     per_kind = {
@@ -276,7 +278,7 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
         for _ in range(r.num_workers)
     ]
     reward_spec = EngineSpec(w.engine, reward_dir, engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb,
-                                                                  max_model_len=w.max_model_len),
+                                                                  max_model_len=w.max_model_len, dtype=w.dtype),
                              threads_for(w.num_cpus))
     reward_options = reward_model_options(config)
     reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,

@@ -61,6 +61,7 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Con
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "reward.dtype": (None, "float32", "bfloat16", "float16"),
     "rollout.engine": ("vllm", "hf"),
     "reward.engine": ("vllm", "hf", "openai"),
     "reward.score_mode": ("constrained", "free"),

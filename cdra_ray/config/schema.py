@@ -52,6 +52,7 @@ class RewardConfig:
     kind: str = "pers_genprm"  # see cdra_ray.rewards.REWARD_MODELS
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
     engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
+    dtype: Optional[str] = None  # judge weights; None = model.dtype (a judge's scores need no fp32: bf16 is faster)
     base_url: Optional[str] = None  # openai engine: e.g. http://judge-host:8000/v1
     served_model: Optional[str] = None  # openai engine: the model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # openai engine: environment variable holding the key (unset = no key)
