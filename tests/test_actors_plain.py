@@ -147,6 +147,8 @@ def test_wiring_builds_engine_options_and_actor_environments():
     assert "weight_transfer_config" not in cpu and cpu["dtype"] == "float32"  # model.dtype
     assert engine_options("hf", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048,
                           dtype="bfloat16")["dtype"] == "bfloat16"  # reward.dtype overrides it
+    judge = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048, block_size=32)
+    assert judge["block_size"] == 32 and "block_size" not in cpu
     env = actor_env(2.0, "vllm", 2.0, "cpu")
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"

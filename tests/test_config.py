@@ -59,7 +59,7 @@ def test_typo_in_yaml_names_file_and_key(tmp_path: Path):
     [("rollout.engine=tpu", "rollout.engine"), ("rollout.group_size=1", "rollout.group_size"),
      ("algorithm.aggregation=sum", "algorithm.aggregation"), ("learner.zero_stage=4", "learner.zero_stage"),
      ("rollout.top_p=0", "rollout.top_p"), ("train.max_staleness=-1", "train.max_staleness"),
-     ("reward.dtype=fp8", "reward.dtype")],
+     ("reward.dtype=fp8", "reward.dtype"), ("reward.kv_block_size=40", "reward.kv_block_size")],
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

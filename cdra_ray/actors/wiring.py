@@ -211,8 +211,9 @@ def learner_settings(config: Config, model_dir: str):
 
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
-                   weight_sync: str = "object_store", dtype: str | None = None) -> dict[str, Any]:
-    """Constructor options of a generation engine; ``dtype`` None = ``model.dtype``."""
+                   weight_sync: str = "object_store", dtype: str | None = None,
+                   block_size: int | None = None) -> dict[str, Any]:
+    """Constructor options of a generation engine; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's."""
     dtype = dtype or config.model.dtype
     if kind == "hf":
         return {"dtype": dtype, "seed": config.train.seed, "device": config.learner.device}
@@ -226,6 +227,8 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
         from cdra_ray.engines.vllm_gpu import WORKER_EXTENSION
 
         extra = {"weight_transfer_config": {"backend": "nccl"}, "worker_extension_cls": WORKER_EXTENSION}
+    if block_size is not None:
+        extra["block_size"] = block_size
     return {**extra,
         "dtype": dtype, "seed": config.train.seed, "max_model_len": max_model_len,
         "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
@@ -278,7 +281,8 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
         for _ in range(r.num_workers)
     ]
     reward_spec = EngineSpec(w.engine, reward_dir, engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb,
-                                                                  max_model_len=w.max_model_len, dtype=w.dtype),
+                                                                  max_model_len=w.max_model_len, dtype=w.dtype,
+                                                                  block_size=w.kv_block_size),
                              threads_for(w.num_cpus))
     reward_options = reward_model_options(config)
     reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,

@@ -102,6 +102,10 @@ def validate(config: Config) -> None:
     for key in _NON_NEGATIVE:
         if _get(config, key) < 0:
             raise ConfigError(f"{key}={_get(config, key)!r}: must be >= 0")
+    if config.reward.kv_block_size is not None and (config.reward.kv_block_size < 16 or
+                                                    config.reward.kv_block_size % 16):
+        raise ConfigError(f"reward.kv_block_size={config.reward.kv_block_size}: must be a multiple of 16 "
+                          "(vLLM's CPU backend prefers multiples of 32)")
     if not 0.0 < config.rollout.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p={config.rollout.top_p}: must be in (0, 1]")
     if not 0.0 <= config.reward.parse_rate_floor <= 1.0:

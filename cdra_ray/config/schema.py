@@ -53,6 +53,7 @@ class RewardConfig:
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
     engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
     dtype: Optional[str] = None  # judge weights; None = model.dtype (a judge's scores need no fp32: bf16 is faster)
+    kv_block_size: Optional[int] = None  # vLLM KV block (tokens) = prefix-cache granularity; None = vLLM's (CPU 128)
     base_url: Optional[str] = None  # openai engine: e.g. http://judge-host:8000/v1
     served_model: Optional[str] = None  # openai engine: the model name the endpoint serves
     api_key_env: str = "OPENAI_API_KEY"  # openai engine: environment variable holding the key (unset = no key)
