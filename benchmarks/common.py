@@ -226,6 +226,14 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout
                        f"\n--- stdout tail ---\n{proc.stdout[-2000:]}\n--- log tail ({log_path}) ---\n{tail}")
 
 
+def reexec_with(env: dict[str, str]) -> None:
+    """Restart this script with ``env`` added, unless it is already set (the C library reads some variables,
+    such as glibc's ``MALLOC_*``, only when a process starts)."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+
+
 def emit_child_result(result: dict[str, Any]) -> None:
     """The child side of :func:`run_child`."""
     sys.stdout.write(RESULT_MARKER + json.dumps(_jsonable(result)) + "\n")

