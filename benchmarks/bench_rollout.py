@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from cdra_ray.actors.wiring import MALLOC_ENV  # noqa: E402
 
 TARGET_ACTOR_OVER_BARE = 0.9
 
@@ -146,7 +147,9 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             results[kind] = common.run_child(
                 [__file__, "--_child", kind, *passthrough],
-                env=common.child_env({"OMP_NUM_THREADS": str(args.threads)}), log_path=Path(tmp) / f"{kind}.log")
+                # the actor's process gets wiring.actor_env (MALLOC_* included): the bare engine's process too
+                env=common.child_env({"OMP_NUM_THREADS": str(args.threads), **MALLOC_ENV}),
+                log_path=Path(tmp) / f"{kind}.log")
             print(f"[rollout] {kind}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     headers = ["engine", "variant", "tok/s (median)", "x bare", "target x bare", "status"]
