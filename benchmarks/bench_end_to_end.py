@@ -117,10 +117,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def intervals(start: float, ends: list[float]) -> list[float]:
-    return [b - a for a, b in zip([start] + ends[:-1], ends)]
-
-
 # ------------------------------------------------------------------------------------------------------ TRL
 def child_trl(args, scenarios) -> dict:
     import torch
@@ -168,7 +164,7 @@ def child_trl(args, scenarios) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[clock])
     trainer.train()
-    per_update = intervals(clock.start, clock.ends)
+    per_update = common.intervals(clock.start, clock.ends)
     tokens = [m * args.group_size * args.prompts_per_update for m in clock.lengths]
     return {"seconds": per_update, "tokens": tokens, "threads": torch.get_num_threads()}
 
@@ -204,27 +200,9 @@ def child_cdra(args, data_path: str, staleness: int, cpus: float) -> dict:
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": register_rule_reward})
     driver, actors = build_run(config)
-    ends: list[float] = []
-    learn = driver._learn
-
-    def timed_learn(batch):
-        out = learn(batch)
-        ends.append(time.perf_counter())
-        print(f"[e2e cdra s={staleness}] update {len(ends)}/{updates}", file=sys.stderr, flush=True)
-        return out
-
-    driver._learn = timed_learn
-    driver._checkpoint = lambda: None  # the end-of-run checkpoint is not part of an update (TRL saves none)
-    try:
-        start = time.perf_counter()
-        driver.run(progress=False)
-    finally:
-        from cdra_ray.actors.wiring import stop_actors
-
-        stop_actors(actors)
-        ray.shutdown()
+    start, ends = common.run_driver_timed(driver, actors, f"e2e cdra s={staleness}", updates)  # TRL saves none either
     history = driver.history
-    return {"seconds": intervals(start, ends), "tokens": [m["tokens/generated"] for m in history],
+    return {"seconds": common.intervals(start, ends), "tokens": [m["tokens/generated"] for m in history],
             "timings": [{k: v for k, v in m.items() if k.startswith("timing/")} for m in history],
             "dropped_stale": history[-1].get("groups/dropped_stale_total", 0.0), "threads": int(cpus)}
 

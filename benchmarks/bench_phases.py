@@ -67,27 +67,8 @@ def run_updates(config_name: str, updates: int, overrides: list[str], keep_check
     driver, actors = build_run(config)
     setup_s = time.perf_counter() - started
     print(f"[phases] actors up in {setup_s:.0f} s; running {updates} updates", file=sys.stderr)
-    ends: list[float] = []
-    learn = driver._learn
-
-    def timed_learn(batch):  # the end of each update, for wall-clock seconds per update
-        out = learn(batch)
-        ends.append(time.perf_counter())
-        print(f"[phases] update {len(ends)}/{updates} done", file=sys.stderr)
-        return out
-
-    driver._learn = timed_learn
-    if not keep_checkpoint:
-        driver._checkpoint = lambda: None  # the end-of-run checkpoint is not part of an update
-    try:
-        start = time.perf_counter()
-        driver.run(progress=False)
-    finally:
-        from cdra_ray.actors.wiring import stop_actors
-
-        stop_actors(actors)
-        ray.shutdown()
-    walls = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    start, ends = common.run_driver_timed(driver, actors, "phases", updates, keep_checkpoint)
+    walls = common.intervals(start, ends)
     return driver.history, walls, config, setup_s
 
 

@@ -226,6 +226,42 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout
                        f"\n--- stdout tail ---\n{proc.stdout[-2000:]}\n--- log tail ({log_path}) ---\n{tail}")
 
 
+def intervals(start: float, ends: list[float]) -> list[float]:
+    """Seconds between ``start`` and the first end, then between consecutive ends."""
+    return [b - a for a, b in zip([start] + ends[:-1], ends)]
+
+
+def run_driver_timed(driver, actors, label: str, total: int, keep_checkpoint: bool = False) -> tuple[float, list]:
+    """Run a built ``CDPADriver`` to the end, noting when each update finishes; stops the actors and Ray.
+
+    Returns (start time, end time of each update). The end-of-run checkpoint is skipped unless
+    ``keep_checkpoint``: it is not part of an update.
+    """
+    import ray
+
+    from cdra_ray.actors.wiring import stop_actors
+
+    ends: list[float] = []
+    learn = driver._learn
+
+    def timed_learn(batch):
+        out = learn(batch)
+        ends.append(time.perf_counter())
+        print(f"[{label}] update {len(ends)}/{total} done", file=sys.stderr, flush=True)
+        return out
+
+    driver._learn = timed_learn
+    if not keep_checkpoint:
+        driver._checkpoint = lambda: None
+    start = time.perf_counter()
+    try:
+        driver.run(progress=False)
+    finally:
+        stop_actors(actors)
+        ray.shutdown()
+    return start, ends
+
+
 def reexec_with(env: dict[str, str]) -> None:
     """Restart this script with ``env`` added, unless it is already set (the C library reads some variables,
     such as glibc's ``MALLOC_*``, only when a process starts)."""

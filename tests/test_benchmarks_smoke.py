@@ -60,3 +60,9 @@ def test_argv_of_round_trips_flags_for_a_child_process():
                             _child="x", variants="trl")
     assert common.argv_of(ns, exclude=("variants", "_child")) == [
         "--group-size", "5", "--beta", "0.05", "--gradient-checkpointing"]
+
+
+def test_intervals_are_seconds_between_consecutive_update_ends():
+    # start 10.0, ends 12.5, 13.0, 16.0 -> 2.5, 0.5, 3.0 (by hand)
+    assert common.intervals(10.0, [12.5, 13.0, 16.0]) == [2.5, 0.5, 3.0]
+    assert common.intervals(1.0, []) == []
