@@ -87,6 +87,7 @@ def reward_model_options(config: Config) -> dict[str, Any]:
                 "vote_decimals": w.tts_vote_decimals},
         "scalar_rm": {**heads, "score_transform": w.score_transform},
         "prm": {**heads, "max_steps": r.max_steps},
+        "rule": {},  # a fixed rule over the response text with its default target (rewards/rule.py)
     }
     if w.kind not in per_kind:
         raise ValueError(f"reward.kind={w.kind!r} has no option mapping in wiring.reward_model_options; "
