@@ -119,7 +119,8 @@ def parse_final_score(text: str, low: float = 0.0, high: float = 100.0, *, which
     Accepted: ``FINAL SCORE: 85``, ``**FINAL SCORE:** 85``, ``Final Score: [85]``, ``FINAL SCORE: 85/100``,
     ``FINAL SCORE: 85 out of 100``, ``FINAL SCORE: 85%`` (the 0-100 scale is a percentage). A denominator other
     than 100 (``8.5/10``) is rescaled to 0-100; a zero or malformed denominator (``85/1e3``, ``85 out of ten``)
-    makes the match malformed (skipped), never clamped to a maximum. The paper's code has no such parser (construction code not released).
+    makes the match malformed (skipped), never clamped to a maximum. The paper's code has no such parser
+    (construction code not released).
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
