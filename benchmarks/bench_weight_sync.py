@@ -77,7 +77,7 @@ def measure_size(model_dir: Path, args) -> dict:
     rollout = RolloutActor.options(num_cpus=1, max_concurrency=4,
                                    runtime_env={"env_vars": actor_env(args.threads, args.engine, 1)}
                                    ).remote(spec, {"group_size": 1})
-    settings = LearnerSettings(model_dir=str(model_dir), num_threads=args.threads, zero_stage=0)
+    settings = LearnerSettings(model_dir=str(model_dir), num_threads=args.threads, zero_stage=0, beta=0.0)
     learner = LearnerActor.options(num_cpus=1, runtime_env={"env_vars": actor_env(args.threads)}).remote(settings)
     ray.get([rollout.__ray_ready__.remote(), learner.__ray_ready__.remote()])
     try:

@@ -142,14 +142,14 @@ def test_wiring_builds_engine_options_and_actor_environments():
 
     config = load_config("paper_qwen7b_4gpu", ["rollout.weight_sync=nccl"])
     gpu = engine_options("vllm", config, kv_cache_gb=2, max_model_len=4096, weight_sync="nccl")
-    assert gpu["weight_transfer_config"] == {"backend": "nccl"} and gpu["worker_extension_cls"].endswith("Extension")
-    assert gpu["tensor_parallel_size"] == 1 and gpu["dtype"] == "bfloat16"
+    assert gpu.weight_transfer_config == {"backend": "nccl"} and gpu.worker_extension_cls.endswith("Extension")
+    assert gpu.tensor_parallel_size == 1 and gpu.dtype == "bfloat16"
     cpu = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048)
-    assert "weight_transfer_config" not in cpu and cpu["dtype"] == "float32"  # model.dtype
+    assert "weight_transfer_config" not in cpu.keywords() and cpu.dtype == "float32"  # model.dtype
     assert engine_options("hf", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048,
-                          dtype="bfloat16")["dtype"] == "bfloat16"  # reward.dtype overrides it
+                          dtype="bfloat16").dtype == "bfloat16"  # reward.dtype overrides it
     judge = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048, block_size=32)
-    assert judge["block_size"] == 32 and "block_size" not in cpu
+    assert judge.keywords()["block_size"] == 32 and "block_size" not in cpu.keywords()
     env = actor_env(2.0, "vllm", 2.0, "cpu")
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
@@ -166,18 +166,23 @@ def test_openai_judge_options_come_from_the_reward_config():
     config = load_config("cpu_demo", ["reward.engine=openai", "reward.base_url=http://127.0.0.1:9/v1",
                                       "reward.served_model=judge", "reward.max_retries=5"])
     options = engine_options("openai", config, kv_cache_gb=2, max_model_len=4096)
-    assert options["base_url"] == "http://127.0.0.1:9/v1" and options["model"] == "judge"
-    assert options["max_retries"] == 5 and options["api_key_env"] == "OPENAI_API_KEY"
+    assert options.base_url == "http://127.0.0.1:9/v1" and options.model == "judge"
+    assert options.max_retries == 5 and options.api_key_env == "OPENAI_API_KEY"
 
 
-@pytest.mark.parametrize("kind", ["pers_genprm", "genrm", "rubric_rm", "tts", "scalar_rm", "prm"])
+@pytest.mark.parametrize("kind", ["pers_genprm", "genrm", "rubric_rm", "tts", "scalar_rm", "prm", "rule"])
 def test_every_reward_kind_gets_options_its_constructor_accepts(kind):
     import inspect
 
-    from cdra_ray.actors.constructors import reward_model_options
+    from cdra_ray.actors.constructors import reward_model
     from cdra_ray.config import load_config
-    from cdra_ray.rewards import REWARD_MODELS
+    from cdra_ray.registry import options_dict
 
-    options = reward_model_options(load_config("cpu_demo", [f"reward.kind={kind}"]))
-    accepted = inspect.signature(REWARD_MODELS[kind]).parameters
-    assert set(options) <= set(accepted), set(options) - set(accepted)
+    config = load_config("cpu_demo", [f"reward.kind={kind}", "rollout.max_steps=3", "reward.tts_samples=3"])
+    entry, options = reward_model(config)
+    accepted = inspect.signature(entry.load()).parameters
+    assert set(options_dict(options)) <= set(accepted), set(options_dict(options)) - set(accepted)
+    if kind in ("pers_genprm", "prm"):
+        assert options.max_steps == 3  # rollout.max_steps reaches the step scorers
+    if kind == "tts":
+        assert options.samples == 3
