@@ -22,7 +22,7 @@ tokenized with special-token recognition off (``prompts.encode_untrusted``), so 
 ``<|im_end|><|im_start|>assistant`` cannot close its quote and speak as the judge.
 
 This is the outcome-level twin of :mod:`cdra_ray.rewards.pers_genprm` (which scores every step with the same
-two phases); see the report of issue 4 for the suggested refactor that lets both share this module.
+two phases).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ How a PRM directory is produced
 2. Train it on step-labelled data, e.g. DeepPref's D_Rea: every (P, q, steps 1..T, step scores in [-1, 1]).
    :func:`build_prm_example` renders one example exactly as inference does and gives the positions of the step
    ends; :func:`prm_step_loss` is binary cross-entropy of the head's logits at those positions against the soft
-   targets (s + 1) / 2 (all other tokens are ignored). Any trainer (the SFT issue's, or a plain loop as in
+   targets (s + 1) / 2 (all other tokens are ignored). Any trainer (``cdra-ray sft --task prm``, or a plain loop as in
    ``tests/test_rewards_variants.py``) then ``save_pretrained``s the model and tokenizer: that directory is
    ``reward.model`` for ``reward.kind: prm``.
 A directory without trained head weights is refused unless ``allow_untrained_head`` (smoke runs).
