@@ -44,8 +44,29 @@ def _worker(engine, **kwargs):
     return RolloutWorker(engine, group_size=3, max_new_tokens=32, max_wait_s=0.0, **kwargs)
 
 
-def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version():
+class FakeClock:
+    """Stands in for a module's ``time``: ``perf_counter`` reads a clock the test advances by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version(monkeypatch):
+    import cdra_ray.actors.rollout_worker as rollout_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(rollout_module, "time", clock)
     engine = ScriptedEngine()
+    original = engine.generate
+
+    def generate_for_2_5_seconds(prompts, settings):
+        clock.now += 2.5
+        return original(prompts, settings)
+
+    engine.generate = generate_for_2_5_seconds
     worker = _worker(engine)
     group = worker.generate_group(Scenario("u1", "I avoid spicy food.", "What should I cook?"))
     assert group.size == 3 and group.policy_version == 0
@@ -56,7 +77,7 @@ def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version(
     steps = group.token_steps[0]
     assert len(steps) == len(group.samples[0].response_token_ids)
     assert steps == sorted(steps) and set(steps) == {0, 1}
-    assert group.timings["generate"] >= 0.0
+    assert group.timings["generate"] == 2.5  # the engine call's duration, all of it this group's
     assert worker.load_weights({"w": 1}, policy_version=4) == 4
     assert engine.loaded == [{"w": 1}]
     assert worker.generate_group(Scenario("u2", "p", "q", index=1)).policy_version == 4
@@ -89,8 +110,11 @@ def test_weight_load_waits_for_a_running_batch():
     engine.generate = slow_generate
     t = threading.Thread(target=worker.generate_group, args=(Scenario("u", "p", "q"),))
     t.start()
-    while not order:
-        pass
+    for _ in range(500):  # until the batch is generating (at most ~5 s)
+        if order:
+            break
+        threading.Event().wait(0.01)
+    assert order == ["generate-start"], "the batch never started generating"
     loader = threading.Thread(target=lambda: (worker.load_weights({}, 1), order.append("loaded")))
     loader.start()
     gate.set()
@@ -105,12 +129,22 @@ class ConstantReward:
                              RewardMetrics(requests=2, parsed_constrained=2)) for g in groups]
 
 
-def test_reward_service_attaches_scores_and_accumulates_metrics():
+def test_reward_service_attaches_scores_and_accumulates_metrics(monkeypatch):
+    import cdra_ray.actors.reward_service as reward_module
+
     group = _worker(ScriptedEngine()).generate_group(Scenario("u", "p", "q"))
-    service = RewardService(ConstantReward(), max_wait_s=0.0)
+    clock = FakeClock()
+    monkeypatch.setattr(reward_module, "time", clock)
+
+    class SlowConstantReward(ConstantReward):
+        def score_groups(self, groups):
+            clock.now += 1.5
+            return super().score_groups(groups)
+
+    service = RewardService(SlowConstantReward(), max_wait_s=0.0)
     scored = service.score_group(group)
     assert [len(s) for s in scored.step_scores] == [2, 2, 2]
-    assert scored.timings["reward"] >= 0.0
+    assert scored.timings["reward"] == 1.5
     metrics = service.metrics()
     assert metrics["reward/requests"] == 2.0 and metrics["reward/parse_rate"] == 1.0
 
