@@ -14,11 +14,13 @@ from cdra_ray.actors.reference_service import ReferenceService
 from cdra_ray.actors.reward_service import RewardService
 from cdra_ray.actors.rollout_worker import RolloutWorker
 from cdra_ray.actors.shared_weights import pack_weights
+from cdra_ray.logs import configure_actor_logs
 
 
 @ray.remote
 class RolloutActor(RolloutWorker):
     def __init__(self, spec, worker_options: dict):
+        configure_actor_logs("rollout")
         super().__init__(spec.build(), **worker_options)
 
 
@@ -26,6 +28,7 @@ class RolloutActor(RolloutWorker):
 class RewardActor(RewardService):
     def __init__(self, spec, entry, options):
         # entry: the reward kind's registry entry (cdra_ray.registry.Entry), options: its checked options
+        configure_actor_logs("reward")
         if entry.traits.get("needs_engine", True):  # judges generate text through an engine
             model = entry.create(options, engine=spec.build())
         else:  # classification heads and rules load what they need from the model directory
@@ -36,6 +39,7 @@ class RewardActor(RewardService):
 @ray.remote
 class ReferenceActor(ReferenceService):
     def __init__(self, model_dir: str, options: dict):
+        configure_actor_logs("reference")
         from cdra_ray.learner.reference import ReferencePolicy
 
         super().__init__(ReferencePolicy(model_dir, **options))
@@ -46,6 +50,7 @@ class LearnerActor:
     """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
 
     def __init__(self, settings):
+        configure_actor_logs("learner")
         from cdra_ray.learner.learner import Learner
 
         self.learner = Learner(settings)

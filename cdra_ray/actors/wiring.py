@@ -22,12 +22,14 @@ from cdra_ray.actors.publishers import create_publisher
 from cdra_ray.actors.shells import LearnerActor, ReferenceActor, RewardActor, RolloutActor
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.driver import Actors
+from cdra_ray.logs import configure_run_logs
 
 MAX_CONCURRENT_CALLS = 64  # threaded actors: how many streamed calls may wait to join a batch
 
 
 def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir: str) -> Actors:
     """Create every actor of a run; returns once all of them have finished loading their models."""
+    configure_run_logs(config)  # before the actors: their environment carries where their logs go
     r, w, lc = config.rollout, config.reward, config.learner
     device = lc.device
     workers = [
