@@ -78,6 +78,11 @@ def reward_model(config: Config):
     return resolve.reward(config)
 
 
+def reward_model_options(config: Config) -> dict[str, Any]:
+    """The checked options of ``reward.kind`` as constructor keywords (for ``create_reward_model``)."""
+    return options_dict(resolve.reward(config)[1])
+
+
 def rollout_worker_options(config: Config) -> dict[str, Any]:
     r = config.rollout
     return dict(group_size=r.group_size, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,

@@ -17,7 +17,7 @@ from cdra_ray.actors.constructors import (
     rollout_engine_spec,
     rollout_worker_options,
 )
-from cdra_ray.actors.environment import actor_env
+from cdra_ray.actors.environment import actor_env, threads_for  # noqa: F401  (threads_for: re-exported)
 from cdra_ray.actors.publishers import create_publisher
 from cdra_ray.actors.shells import LearnerActor, ReferenceActor, RewardActor, RolloutActor
 from cdra_ray.config.schema import Config
