@@ -105,3 +105,10 @@ def test_a_registered_reward_kind_is_configured_through_reward_options():
             load_config("tiny_test", ["reward.kind=test_echo", "reward.options={level: 2}"])
     finally:
         REWARDS.pop("test_echo")
+
+
+def test_a_section_given_as_a_number_in_a_yaml_names_the_section_and_file(capsys, tmp_path: Path):
+    bad = tmp_path / "section.yaml"
+    bad.write_text("algorithm: 5\n")
+    code, err = _run(capsys, ["config", "--config", str(bad)])
+    assert code == 2 and "'algorithm'" in err and str(bad) in err and "'?'" not in err

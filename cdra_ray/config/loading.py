@@ -40,9 +40,21 @@ def _merge(base, other, source: str, dotted: str | None = None):
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or dotted or "?"
+        key = getattr(err, "full_key", None) or dotted or _failing_key(base, other) or "?"
         msg = getattr(err, "msg", None) or str(err)
         raise ConfigError(f"{source}: invalid key or value at {key!r}: {msg.splitlines()[0]}") from None
+
+
+def _failing_key(base, other) -> str | None:
+    """The top-level key of ``other`` whose merge fails (OmegaConf names none when a whole section is wrong)."""
+    if not isinstance(other, DictConfig):
+        return None
+    for key in other:
+        try:
+            OmegaConf.merge(base, {key: other[key]})
+        except OmegaConfBaseException:
+            return str(key)
+    return None
 
 
 def _load_yaml(path: Path) -> DictConfig:
