@@ -64,7 +64,8 @@ class CouncilBackend(Protocol):
 # ----------------------------------------------------------------------------------------------- reply hygiene
 _SENTENCE_END = re.compile(r"[.!?](?=[\"')\]]*(\s|$))")
 _LABEL = re.compile(r"^(?:\*{1,2}|#+\s*)?(?:hypothesis|thought|follow-up thought|answer|final answer)\s*\d*\s*"
-                    r"(?:\*{1,2})?\s*[:\-]\s*", re.IGNORECASE)
+                    r"(?:\*{1,2})?\s*[:\-]\s*(?:\*{1,2})?\s*", re.IGNORECASE)
+_SCORE_LINE = re.compile(r"(?<![A-Za-z])score[\s*_\"']{0,4}[:=]", re.IGNORECASE)
 MIN_CHARS = 8
 
 
@@ -92,9 +93,9 @@ def clean_thought(text: str, finish_reason: str, truncated: str) -> str | None:
 
 
 def strip_score_line(text: str) -> str:
-    """A judge's free-text reply minus its score line: everything before the last "SCORE" keyword."""
-    cut = text.upper().rfind("SCORE")
-    return clean_critique(text[:cut] if cut >= 0 else text).strip()
+    """A judge's free-text reply minus its score line: everything before the last "SCORE:" (or "score =")."""
+    found = list(_SCORE_LINE.finditer(text))
+    return clean_critique(text[:found[-1].start()] if found else text).strip()
 
 
 # ----------------------------------------------------------------------------------------------- the model backend
