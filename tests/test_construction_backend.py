@@ -10,7 +10,7 @@ from cdra_ray.construction.backend import BackendSettings, ModelBackend, Propose
 from cdra_ray.engines.base import Completion
 from cdra_ray.messages import Scenario
 from cdra_ray.models.tiny import train_tiny_tokenizer
-from cdra_ray.rewards.pers_genprm import SCORE_REGEX
+from cdra_ray.rewards.judge import SCORE_REGEX
 from cdra_ray.rewards.prompts import render_step_critique_prompt
 
 SCENARIO = Scenario(uid="x", preference="I prefer short answers.", query="How does a loan work?")

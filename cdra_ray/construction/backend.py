@@ -22,8 +22,7 @@ from cdra_ray.config.construct import Persona
 from cdra_ray.construction import prompts
 from cdra_ray.engines.base import GenerationEngine, SamplingSettings
 from cdra_ray.messages import Scenario
-from cdra_ray.rewards.judge import HUNDRED_SCALE, STEP_SCALE, CritiqueScoreJudge, Verdict
-from cdra_ray.rewards.pers_genprm import clean_critique
+from cdra_ray.rewards.judge import HUNDRED_SCALE, STEP_SCALE, CritiqueScoreJudge, Verdict, clean_critique
 from cdra_ray.rewards.prompts import render_step_critique_prompt
 
 

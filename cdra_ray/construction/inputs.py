@@ -70,13 +70,13 @@ def detect_format(file: Path) -> str:
     return "deeppref" if ("user_profile" in head or "initial_question" in head) else "prefeval"
 
 
-def load_inputs(path: str, fmt: str = "auto", max_scenarios: int | None = None
-                ) -> list[tuple[Scenario, dict | None]]:
-    """(scenario, imported tree record or None) in file order."""
+def load_inputs(path: str, fmt: str = "auto", max_scenarios: int | None = None, *,
+                max_field_chars: int | None = None) -> list[tuple[Scenario, dict | None]]:
+    """(scenario, imported tree record or None) in file order; ``max_field_chars`` as in ``load_scenarios``."""
     file = resolve_data_path(path)
     fmt = detect_format(file) if fmt == "auto" else fmt
     if fmt == "jsonl":
-        return [(s, None) for s in load_scenarios(file, max_scenarios)]
+        return [(s, None) for s in load_scenarios(file, max_scenarios, max_field_chars=max_field_chars)]
     out: list[tuple[Scenario, dict | None]] = []
     seen: dict[str, int] = {}
     for index, (line, record) in enumerate(_json_items(file)):

@@ -7,7 +7,7 @@ import time
 
 import ray
 
-from cdra_ray.actors.wiring import actor_env, threads_for
+from cdra_ray.actors.environment import actor_env, threads_for
 from cdra_ray.construction.backend import BackendSettings, ModelBackend
 from cdra_ray.construction.engines import EngineServer, ModelSpec, RemoteEngine
 from cdra_ray.construction.search import CouncilSearch, SearchSettings
@@ -21,7 +21,9 @@ class EngineActor(EngineServer):
         import torch
 
         from cdra_ray.engines.factory import create_engine
+        from cdra_ray.logs import configure_actor_logs
 
+        configure_actor_logs("construct-engine")
         torch.set_num_threads(num_threads)
         super().__init__(create_engine(spec.kind, spec.model_dir, **spec.options), max_wait_s=max_wait_s)
 

@@ -70,12 +70,14 @@ def build_on_ray(config: Config, scenarios: list, writer: OutputWriter) -> dict:
 
     from cdra_ray.construction import ray_shells
     from cdra_ray.construction.engines import model_specs
+    from cdra_ray.logs import configure_run_logs
     from cdra_ray.train import resolve_model_setting
 
     c = config.construct
     generator_dir = resolve_model_setting(c.generator_model)
     evaluator_dir = resolve_model_setting(c.evaluator_model) if c.evaluator_model else generator_dir
     specs = model_specs(c, generator_dir, evaluator_dir)
+    configure_run_logs(config)  # before the actors: their environment carries where their logs go
     if not ray.is_initialized():
         address = config.run.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
