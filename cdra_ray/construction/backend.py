@@ -122,7 +122,7 @@ class ModelBackend:
                                       temperature=temperature, score_mode="constrained", seed=seed)
 
         self._judges = {
-            kind: (judge(engine, fmt, kind, 0.0 if settings.temperature == 0 else settings.temperature, settings.seed),
+            kind: (judge(engine, fmt, kind, settings.temperature, settings.seed),  # first ask, then the one retry
                    judge(engine, fmt, kind + "_retry", settings.retry_temperature, settings.seed + 1))
             for kind, engine, fmt in (("value", evaluator, STEP_SCALE), ("final", evaluator, HUNDRED_SCALE),
                                       ("step", evaluator, STEP_SCALE))

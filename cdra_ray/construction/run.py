@@ -43,7 +43,8 @@ def run_construction(config: Config) -> Path:
     c = config.construct
     validate_construct(c)
     inputs = load_inputs(c.input or config.data.path, c.input_format,
-                         c.max_scenarios if c.max_scenarios is not None else config.data.max_scenarios)
+                         c.max_scenarios if c.max_scenarios is not None else config.data.max_scenarios,
+                         max_field_chars=config.data.max_field_chars)
     out = output_dir(config)
     writer = OutputWriter(out, c.best_path_by)
     save_resolved(config, out)
