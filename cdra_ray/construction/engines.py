@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from cdra_ray.actors.batching import MicroBatcher
 from cdra_ray.config.construct import ConstructConfig
 from cdra_ray.engines.base import Completion, SamplingSettings
+from cdra_ray.engines.catalog import ENGINES
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def model_specs(c: ConstructConfig, generator_dir: str, evaluator_dir: str) -> t
             options = {"dtype": c.dtype, "seed": c.seed}
         else:
             options = {"dtype": c.dtype, "seed": c.seed, "max_model_len": c.max_model_len, "kv_cache_gb": c.kv_cache_gb}
+        ENGINES.options(kind, options, key=f"construct.engine {kind}")  # checked now, before any actor starts
         return ModelSpec(kind, model_dir, options, key=(kind, model_dir, base_url, served_model))
 
     generator = spec(c.engine, generator_dir, c.base_url, c.served_model)
