@@ -101,3 +101,43 @@ def test_clean_thought(text, finish, mode, expected):
 def test_strip_score_line():
     assert strip_score_line("Good leap, plausible.\n**SCORE:** 0.7") == "Good leap, plausible."
     assert strip_score_line("no score here") == "no score here"
+
+
+def test_engine_server_batches_concurrent_calls_per_settings_and_returns_each_its_own(tokenizer):
+    import threading
+
+    from cdra_ray.construction.engines import EngineServer
+    from cdra_ray.engines.base import SamplingSettings
+
+    class Echo:
+        def __init__(self):
+            self.batches = []
+
+        def generate(self, prompts, settings):
+            self.batches.append((len(prompts), settings.max_new_tokens))
+            return [[Completion(text=f"{p[0]}/{settings.max_new_tokens}", token_ids=[], logprobs=[],
+                                finish_reason="stop")] for p in prompts]
+
+    calls = [([[1], [2]], 5), ([[3]], 5), ([[4]], 7), ([[5], [6]], 5)]
+    expected = {0: ["1/5", "2/5"], 1: ["3/5"], 2: ["4/7"], 3: ["5/5", "6/5"]}
+    for max_batch in (256, 1):
+        engine = Echo()
+        server = EngineServer(engine, max_wait_s=0.05, max_batch=max_batch)
+        results = {}
+
+        def call(k, prompts, tokens):
+            results[k] = server.generate(prompts, SamplingSettings(max_new_tokens=tokens))
+
+        threads = [threading.Thread(target=call, args=(k, p, t)) for k, (p, t) in enumerate(calls)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {k: [c[0].text for c in r] for k, r in results.items()} == expected
+        if max_batch == 1:  # one scenario's requests per engine call, whatever arrives together
+            assert sorted(engine.batches) == [(1, 5), (1, 7), (2, 5), (2, 5)]
+    # one batch of all four calls: one engine call per distinct settings, each caller gets its own completions
+    engine = Echo()
+    out = EngineServer(engine)._run([(p, SamplingSettings(max_new_tokens=t)) for p, t in calls])
+    assert engine.batches == [(5, 5), (1, 7)]
+    assert {k: [c[0].text for c in r] for k, r in enumerate(out)} == expected

