@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from cdra_ray.algorithms.steps import step_texts
-from cdra_ray.config.construct import Persona, default_personas
+from cdra_ray.config.construct import default_personas
 from cdra_ray.construction.backend import Judgement
 from cdra_ray.construction.inputs import import_thought_tree
 from cdra_ray.construction.records import check_response_format, d_rea_records, d_rft_record, to_thought_tree
