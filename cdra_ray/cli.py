@@ -75,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(run_construction(load_config(args.config, args.overrides)))
         elif args.command == "train":
-            from cdra_ray.train import format_summary, run_training
+            from cdra_ray.train import train_command
 
-            summary = run_training(load_config(args.config, args.overrides))
-            print("\n== CDPA run finished ==\n" + format_summary(summary))
+            return train_command(load_config(args.config, args.overrides))
     except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
