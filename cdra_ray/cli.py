@@ -5,6 +5,7 @@
     cdra-ray check-data PATH                            validate a (preference, query) JSONL file
     cdra-ray prepare-model [NAME]                       convert the embedded demo model into an HF dir
     cdra-ray ablate [PRESET ...] [key=value ...]        the paper's Table 3 reward ablation, one comparison table
+    cdra-ray construct --config construct_cpu_demo      build DeepPref-style data (trees, D_Rea, D_RFT)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdra-ray", description="Critique-Driven Reasoning Alignment on Ray",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config")):
+    for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config"),
+                            ("construct", "build DeepPref-style data: council trees, D_Rea, D_RFT")):
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_ablation(overrides=overrides, budget=args.budget, output_dir=args.output_dir,
                                 skip_existing=args.skip_existing, **kwargs)
             print(to_markdown(rows))
+        elif args.command == "construct":
+            from cdra_ray.construction import run_construction
+
+            print(run_construction(load_config(args.config, args.overrides)))
         elif args.command == "train":
             from cdra_ray.train import train_command
 

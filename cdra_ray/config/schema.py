@@ -16,6 +16,8 @@ from typing import Any, Dict, Optional
 from cdra_ray.algorithms.catalog import CdpaOptions
 from cdra_ray.rewards.catalog import HeadOptions, JudgeOptions, ScalarRMOptions, TTSOptions
 
+from cdra_ray.config.construct import ConstructConfig
+
 DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
 
 
@@ -154,3 +156,4 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    construct: ConstructConfig = field(default_factory=ConstructConfig)

@@ -7,6 +7,8 @@ ones, then answer, each as "Step k:"); the wording is ours. The step markers are
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from cdra_ray.messages import Scenario
 
 SYSTEM_PROMPT = (
@@ -22,6 +24,27 @@ INSTRUCTIONS = (
     "preferences.\n"
     "Keep each step to two or three sentences."
 )
+
+
+STEP_LINE = "Step {k}: {text}"  # one step per line; the segmenter (algorithms/steps.py) opens a step at each
+
+
+def render_step_response(steps: Sequence[str]) -> str:
+    """A response in the format :data:`INSTRUCTIONS` asks for: ``Step 1: ...``, one step per line, the last step
+    being the final answer. Training targets (RFT data) are rendered here, so they cannot drift from the prompt.
+
+    Each step is folded onto one line (inner line breaks become spaces), so
+    :func:`~cdra_ray.algorithms.steps.segment_steps` cuts the result back into exactly these steps.
+    """
+    if not steps:
+        raise ValueError("render_step_response needs at least one step")
+    lines = []
+    for k, step in enumerate(steps, start=1):
+        text = " ".join(str(step).split())
+        if not text:
+            raise ValueError(f"render_step_response: step {k} is empty")
+        lines.append(STEP_LINE.format(k=k, text=text))
+    return "\n".join(lines)
 
 
 def inference_messages(scenario: Scenario) -> list[dict[str, str]]:
