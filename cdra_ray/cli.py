@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from cdra_ray.recipe import RecipeError
+
+        if not isinstance(err, RecipeError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 
