@@ -1,9 +1,26 @@
-"""Generation backends behind one protocol (:class:`GenerationEngine`): vLLM and plain transformers.
+"""Generation backends behind one protocol (:class:`GenerationEngine`): vLLM, plain transformers, and any
+OpenAI-compatible endpoint.
 
-``create_engine("vllm" | "hf", model_dir, **options)`` picks one; vLLM is imported only by the vLLM modules.
+``create_engine("vllm" | "hf" | "openai", model_dir, **options)`` picks one (names and options in ``catalog.py``,
+torch-free); each backend is imported only when built.
 """
 
-from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
-from cdra_ray.engines.factory import ENGINE_KINDS, create_engine
+from __future__ import annotations
 
-__all__ = ["Completion", "GenerationEngine", "SamplingSettings", "ENGINE_KINDS", "create_engine"]
+import importlib
+
+_EXPORTS = {
+    "Completion": "cdra_ray.engines.base",
+    "GenerationEngine": "cdra_ray.engines.base",
+    "SamplingSettings": "cdra_ray.engines.base",
+    "ENGINE_KINDS": "cdra_ray.engines.catalog",
+    "create_engine": "cdra_ray.engines.factory",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cdra_ray.engines' has no attribute {name!r}")
