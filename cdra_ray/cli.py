@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recipe":
             from cdra_ray.recipe import run_recipe
 
-            run_recipe(load_config(args.config, args.overrides), preset=args.config, overrides=args.overrides)
+            status = run_recipe(load_config(args.config, args.overrides), preset=args.config,
+                                overrides=args.overrides)
+            for entry in status:
+                seconds = "" if entry.get("seconds") is None else f"{entry['seconds']:.0f} s"
+                print(f"{entry['stage']:>12}  {entry['state']:<8} {seconds:>8}  {entry['dir']}")
         elif args.command == "train":
             from cdra_ray.train import format_summary, run_training
 
