@@ -77,3 +77,18 @@ def test_method_formats():
 def test_topic_from_field_or_id():
     assert topic_of("prefeval/travel_hotel/003", {}) == "travel_hotel"
     assert topic_of("x", {"x": "t"}) == "t" and topic_of("plain", {}) == "all"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("evaluate.methods=[{name: a, kind: sft}]", "evaluate.methods[0].kind"),
+    ("evaluate.methods=[{name: a, kind: cot}, {name: a, kind: cot}]", "evaluate.methods[1].name"),
+    ("evaluate.judge.engine=openai", "evaluate.judge.base_url"),
+    ("evaluate.judge.dtype=int8", "evaluate.judge"),
+    ("evaluate.engine=openai", "evaluate.engine"),
+    ("evaluate.confidence=1.5", "evaluate.confidence"),
+])
+def test_bad_evaluation_settings_name_the_key(override, key):
+    from cdra_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config("tiny_test", [override])

@@ -70,6 +70,26 @@ class EvalConfig:
     progress_bar: bool = True
 
 
+def policy_engine_options(cfg: EvalConfig) -> dict:
+    """Keywords of the policy engine (``create_engine(cfg.engine, model_dir, **options)``)."""
+    options = {"dtype": cfg.dtype}
+    if cfg.engine == "vllm":
+        options.update(max_model_len=cfg.max_model_len, kv_cache_gb=cfg.kv_cache_gb, seed=cfg.seed)
+    return options
+
+
+def judge_engine_options(cfg: EvalConfig) -> dict:
+    """Keywords of the judge engine (``create_engine(cfg.judge.engine, judge_dir, **options)``)."""
+    j = cfg.judge
+    if j.engine == "openai":
+        return {"base_url": j.base_url, "model": j.served_model, "api_key_env": j.api_key_env,
+                "timeout_s": j.timeout_s, "max_retries": j.max_retries, "max_concurrency": j.max_concurrency,
+                "supports_regex": j.constrained}
+    if j.engine == "vllm":
+        return {"dtype": j.dtype, "max_model_len": j.max_model_len, "kv_cache_gb": j.kv_cache_gb, "seed": cfg.seed}
+    return {"dtype": j.dtype, "num_threads": j.num_threads}
+
+
 def check_eval_config(cfg: EvalConfig) -> None:
     """Range and choice checks on ``evaluate.*``; raises ConfigError naming the key."""
     from cdra_ray.config.loading import ConfigError
@@ -105,3 +125,12 @@ def check_eval_config(cfg: EvalConfig) -> None:
         raise ConfigError(f"evaluate.confidence={cfg.confidence}: must be in [0.5, 1)")
     if cfg.max_scenarios is not None and cfg.max_scenarios < 1:
         raise ConfigError(f"evaluate.max_scenarios={cfg.max_scenarios}: must be >= 1 or null")
+    from cdra_ray.engines.catalog import ENGINES  # the engines' own option checks, before any model loads
+    from cdra_ray.registry import RegistryError
+
+    for section, kind, options in (("evaluate", cfg.engine, policy_engine_options(cfg)),
+                                   ("evaluate.judge", cfg.judge.engine, judge_engine_options(cfg))):
+        try:
+            ENGINES.options(kind, options, key=section)
+        except RegistryError as err:
+            raise ConfigError(str(err)) from None

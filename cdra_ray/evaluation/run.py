@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from cdra_ray.config import Config, ConfigError, save_resolved
-from cdra_ray.config.evaluate import EvalConfig
+from cdra_ray.config.evaluate import EvalConfig, judge_engine_options, policy_engine_options
 from cdra_ray.data.scenarios import load_scenarios, resolve_data_path
 from cdra_ray.evaluation.baselines import check_demos_disjoint, load_demos, pick_demos
 from cdra_ray.evaluation.generation import (EngineSpec, GenJob, generate_responses, pending_jobs, read_jsonl,
@@ -50,23 +50,11 @@ def topic_of(uid: str, topics: dict[str, str]) -> str:
 
 
 def policy_spec(cfg: EvalConfig, model_dir: str) -> EngineSpec:
-    options = {"dtype": cfg.dtype}
-    if cfg.engine == "vllm":
-        options.update(max_model_len=cfg.max_model_len, kv_cache_gb=cfg.kv_cache_gb, seed=cfg.seed)
-    return EngineSpec(cfg.engine, model_dir, options)
+    return EngineSpec(cfg.engine, model_dir, policy_engine_options(cfg))
 
 
 def judge_spec(cfg: EvalConfig, judge_dir: str) -> EngineSpec:
-    j = cfg.judge
-    if j.engine == "openai":
-        options = {"base_url": j.base_url, "model": j.served_model, "api_key_env": j.api_key_env,
-                   "timeout_s": j.timeout_s, "max_retries": j.max_retries, "max_concurrency": j.max_concurrency,
-                   "supports_regex": j.constrained}
-    elif j.engine == "vllm":
-        options = {"dtype": j.dtype, "max_model_len": j.max_model_len, "kv_cache_gb": j.kv_cache_gb, "seed": cfg.seed}
-    else:
-        options = {"dtype": j.dtype, "num_threads": j.num_threads}
-    return EngineSpec(j.engine, judge_dir, options)
+    return EngineSpec(cfg.judge.engine, judge_dir, judge_engine_options(cfg))
 
 
 def judge_identity(cfg: EvalConfig, judge_dir: str) -> str:
