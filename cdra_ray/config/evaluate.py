@@ -100,7 +100,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
     for i, m in enumerate(cfg.methods):
         if m.kind not in METHOD_KINDS:
             raise ConfigError(f"evaluate.methods[{i}].kind={m.kind!r}: must be one of {list(METHOD_KINDS)}")
-        if not m.name or names.count(m.name) > 1:
+        if not m.name or m.name in names[:i]:
             raise ConfigError(f"evaluate.methods[{i}].name={m.name!r}: names must be non-empty and unique")
     if cfg.engine not in POLICY_ENGINES:
         raise ConfigError(f"evaluate.engine={cfg.engine!r}: must be one of {list(POLICY_ENGINES)}")
