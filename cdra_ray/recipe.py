@@ -80,13 +80,16 @@ def write_split(config: Config, run_dir: Path) -> dict[str, str]:
     scenarios = load_scenarios(source, config.data.max_scenarios)  # every line checked first
     train, held = split_ids([s.uid for s in scenarios], config.recipe.heldout_fraction, config.recipe.split_seed,
                             config.recipe.max_heldout)
-    lines = {}
-    for n, line in enumerate(l for l in source.read_text(encoding="utf-8").splitlines() if l.strip()):
-        if n < len(scenarios):
-            lines[scenarios[n].uid] = line
+    records = {}  # every field of a line is kept (topic ...); the id is written out so it cannot shift
+    text = source.read_text(encoding="utf-8").removeprefix("\ufeff")
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            record = json.loads(line)
+            uid = str(record.get("id", f"{source.stem}/{line_no}"))
+            records[uid] = json.dumps({**record, "id": uid})
     split_dir.mkdir(parents=True, exist_ok=True)
     for key, ids in (("train_data", train), ("heldout_data", held)):
-        Path(paths[key]).write_text("".join(lines[i] + "\n" for i in ids), encoding="utf-8")
+        Path(paths[key]).write_text("".join(records[i] + "\n" for i in ids), encoding="utf-8")
     (split_dir / MARKER).write_text(json.dumps({"source": str(source), "train": len(train), "heldout": len(held),
                                                 "seed": config.recipe.split_seed}), encoding="utf-8")
     log.info("recipe split: %d training / %d held-out scenarios in %s", len(train), len(held), split_dir)

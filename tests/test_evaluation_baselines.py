@@ -92,3 +92,10 @@ def test_bad_evaluation_settings_name_the_key(override, key):
 
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         load_config("tiny_test", [override])
+
+
+def test_evaluate_without_a_judge_is_a_clear_error_before_any_model_loads(capsys):
+    from cdra_ray.cli import main
+
+    assert main(["evaluate", "--config", "tiny_test", "model.policy=/nonexistent"]) == 2
+    assert "evaluate.judge.model is not set" in capsys.readouterr().err
