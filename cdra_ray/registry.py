@@ -173,3 +173,15 @@ def options_from_signature(fn, exclude=("eps",)) -> type:
                 specs.append((p.name, Any, field(default=p.default)))
     specs.sort(key=lambda s: len(s) == 3)  # fields without a default first
     return dataclasses.make_dataclass(f"{getattr(fn, '__name__', 'fn').title()}Options", specs, frozen=True)
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]):
+    """A module ``__getattr__`` that imports ``exports[name]`` (a module path) on first use of ``name``, so a
+    package can list its public names without importing torch-heavy submodules up front."""
+
+    def __getattr__(name: str):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -13,28 +13,23 @@ Each function's docstring says how it departs from the paper's text and from the
 
 from __future__ import annotations
 
-import importlib
+from cdra_ray.registry import lazy_exports
 
 _EXPORTS = {
-    "ADVANTAGE_ESTIMATORS": "advantages",
-    "compute_advantages": "advantages",
-    "register_advantage_estimator": "advantages",
-    "zero_advantage_rate": "advantages",
-    "AGGREGATIONS": "policy_loss",
-    "cdpa_policy_loss": "policy_loss",
-    "parse_final_score": "scores",
-    "parse_judge_answer": "scores",
-    "parse_step_score": "scores",
-    "segment_steps": "steps",
-    "map_tokens_to_steps": "token_steps",
-    "token_start_offsets": "token_steps",
-    "token_steps_for_response": "token_steps",
+    "ADVANTAGE_ESTIMATORS": "cdra_ray.algorithms.advantages",
+    "compute_advantages": "cdra_ray.algorithms.advantages",
+    "register_advantage_estimator": "cdra_ray.algorithms.advantages",
+    "zero_advantage_rate": "cdra_ray.algorithms.advantages",
+    "AGGREGATIONS": "cdra_ray.algorithms.policy_loss",
+    "cdpa_policy_loss": "cdra_ray.algorithms.policy_loss",
+    "parse_final_score": "cdra_ray.algorithms.scores",
+    "parse_judge_answer": "cdra_ray.algorithms.scores",
+    "parse_step_score": "cdra_ray.algorithms.scores",
+    "segment_steps": "cdra_ray.algorithms.steps",
+    "map_tokens_to_steps": "cdra_ray.algorithms.token_steps",
+    "token_start_offsets": "cdra_ray.algorithms.token_steps",
+    "token_steps_for_response": "cdra_ray.algorithms.token_steps",
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):  # submodules load on first use: the torch-free ones stay torch-free
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"cdra_ray.algorithms.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'cdra_ray.algorithms' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # submodules load on first use: torch-free ones stay so

@@ -7,7 +7,7 @@ torch-free); each backend is imported only when built.
 
 from __future__ import annotations
 
-import importlib
+from cdra_ray.registry import lazy_exports
 
 _EXPORTS = {
     "Completion": "cdra_ray.engines.base",
@@ -18,9 +18,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cdra_ray.engines' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

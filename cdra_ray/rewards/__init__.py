@@ -6,7 +6,7 @@ See ``base.py`` for how to add one.
 
 from __future__ import annotations
 
-import importlib
+from cdra_ray.registry import lazy_exports
 
 _EXPORTS = {
     "REWARD_MODELS": "cdra_ray.rewards.base",
@@ -22,9 +22,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'cdra_ray.rewards' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
