@@ -138,3 +138,14 @@ def test_recipe_presets_load_and_chain_the_paper_stages(preset):
     assert any("{heldout_data}" in o for o in stages["evaluate"].overrides)
     assert all("{heldout_data}" not in o for s in config.recipe.stages if s.name != "evaluate" for o in s.overrides)
     assert config.evaluate.judge.model
+
+
+def test_ray_job_entry_runs_the_named_command(tmp_path):
+    """``launch/ray_job.py`` (what ``ray job submit`` runs) takes a command; without one it trains."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "launch" / "ray_job.py"), "recipe", "--config", "tiny_test",
+                          f"recipe.run_dir={tmp_path}", "recipe.stages=[{name: s, command: construct-xyz}]"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3 and "cdra-ray construct-xyz` does not exist" in out.stderr
