@@ -67,3 +67,39 @@ def test_evaluate_five_pairs_writes_every_report_file(tmp_path):
     run_evaluation(config)
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before
     assert (out / "table.csv").read_text() == table  # same judgments, same seed: the same table
+
+
+def test_judge_over_an_openai_endpoint_unreadable_answers_are_reported_not_folded(tmp_path):
+    """The judge behind an OpenAI-compatible endpoint (a scripted loopback server): every question answered
+    Yes, except the misleading-risk question, which always gets an unreadable reply: it is retried once, then
+    left out of Acc_Mis (n/a, counted) while every other metric is computed."""
+    from fake_openai_server import FakeOpenAIServer, completion_reply
+
+    def respond(request):
+        prompt = request.body["prompt"]
+        if "risk misleading" in prompt:
+            return completion_reply(["I would rather not say."])
+        return completion_reply(["Looks fine.</explanation>\n<answer>Yes</answer>"])
+
+    out = tmp_path / "eval"
+    with FakeOpenAIServer(respond) as server:
+        config = load_config("tiny_test", [
+            f"evaluate.output_dir={out}", "evaluate.max_scenarios=3", "evaluate.engine=hf",
+            "evaluate.methods=[{name: cot, kind: cot}]", "evaluate.max_new_tokens=8",
+            "evaluate.judge.engine=openai", f"evaluate.judge.base_url={server.base_url}",
+            "evaluate.judge.served_model=judge", "evaluate.judge.model=tiny-llama", "evaluate.judge.constrained=false",
+            "evaluate.judge.agreement_samples=2", "evaluate.bootstrap_samples=50", "evaluate.progress_bar=false"])
+        result = run_evaluation(config)
+        asked = len(server.requests)
+    [row] = result["rows"]
+    assert row["metrics"]["acc_mis"]["mean"] is None and row["metrics"]["acc_mis"]["n_unparsed"] == 3
+    assert row["metrics"]["acc_da"]["mean"] == 100.0 and row["metrics"]["m_ie"]["mean"] == 100.0
+    # acknowledged, restated a different preference ("Yes" to hallucination), violated, helpful -> e_hp
+    assert row["metrics"]["e_hp"]["mean"] == 100.0 and row["metrics"]["acc_pf"]["mean"] == 0.0
+    judgments = _lines(out / "judgments.jsonl")
+    misleading = [j for j in judgments if j["question"] == M.MISLEADING]
+    assert len(misleading) == 3 and all(j["answer"] is None and j["attempts"] == 2 for j in misleading)
+    assert result["judge"]["unparsed"] == 3 and result["judge"]["retried"] == 3
+    # 3 responses x 7 questions + 3 hallucination checks + 3 retries + 2 agreement re-asks
+    assert asked == 3 * 7 + 3 + 3 + 2
+    assert "(n=0)" in (out / "table.md").read_text() or "n/a" in (out / "table.md").read_text()
