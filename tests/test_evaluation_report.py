@@ -77,3 +77,9 @@ def test_plan_asks_only_what_is_missing_and_hallucination_after_acknowledgement(
     first, second = plan_requests([r], judged, JUDGE)
     assert first == [] and [(q, v["restatement"]) for _, q, v, _ in second] == [
         (M.PF_HALLUCINATION, "since you like P")]
+
+
+def test_identical_responses_are_judged_once():
+    a, b = _response("zero_shot", "1", "same text"), _response("few_shot", "1", "same text")
+    first, _ = plan_requests([a, b], {}, JUDGE)
+    assert len(first) == 7  # the key is (judge, question, texts shown): the method does not change the question

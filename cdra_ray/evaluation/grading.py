@@ -39,18 +39,20 @@ def plan_requests(responses: Sequence[dict], judged: dict[str, dict], judge_id: 
                   ) -> tuple[list[tuple[str, str, dict, dict]], list[tuple[str, str, dict, dict]]]:
     """(first-pass, hallucination-pass) requests still to ask: ``(key, question, values, response record)``.
     The hallucination pass lists only responses whose acknowledgement is already judged Yes."""
-    first, second = [], []
+    first, second, planned = [], [], set()  # identical texts (two methods, same response) are asked once
     for r in responses:
         values = response_values(r)
         for q in FIRST_PASS:
             key = judgment_key(judge_id, q, values)
-            if key not in judged:
+            if key not in judged and key not in planned:
+                planned.add(key)
                 first.append((key, q, values, r))
         ack = judged.get(judgment_key(judge_id, M.PF_ACKNOWLEDGE, values))
         if ack is not None and ack["answer"] == "Yes":
             hv = {"preference": r["preference"], "restatement": ack["explanation"]}
             key = judgment_key(judge_id, M.PF_HALLUCINATION, hv)
-            if key not in judged:
+            if key not in judged and key not in planned:
+                planned.add(key)
                 second.append((key, M.PF_HALLUCINATION, hv, r))
     return first, second
 
