@@ -149,3 +149,27 @@ def test_ray_job_entry_runs_the_named_command(tmp_path):
                           f"recipe.run_dir={tmp_path}", "recipe.stages=[{name: s, command: construct-xyz}]"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 3 and "cdra-ray construct-xyz` does not exist" in out.stderr
+
+
+@pytest.mark.e2e
+def test_recipe_runs_the_real_evaluate_command_on_the_held_out_split(tmp_path):
+    """One real stage (``cdra-ray evaluate``, tiny model as policy and judge on transformers) through the recipe:
+    the split's held-out pairs are what gets evaluated, the stage's outputs and marker are written, and a rerun
+    skips it."""
+    stage = ("{name: evaluate, command: evaluate, outputs: [table.md, table.csv, radar.png, summary.json], "
+             "overrides: ['evaluate.output_dir={stage_dir}', 'evaluate.data={heldout_data}']}")
+    overrides = [f"recipe.run_dir={tmp_path / 'run'}", f"recipe.stages=[{stage}]", "data.max_scenarios=10",
+                 "recipe.heldout_fraction=0.3", f"recipe.python={sys.executable}", "evaluate.engine=hf",
+                 "evaluate.judge.engine=hf", "evaluate.judge.model=tiny-llama", "evaluate.max_new_tokens=8",
+                 "evaluate.judge.max_new_tokens=8", "evaluate.judge.agreement_samples=0",
+                 "evaluate.methods=[{name: cot, kind: cot}]", "evaluate.bootstrap_samples=20",
+                 "evaluate.progress_bar=false"]
+    config = load_config("tiny_test", overrides)
+    status = run_recipe(config, preset="tiny_test", overrides=overrides)
+    assert [s["state"] for s in status] == ["ran"]
+    run = tmp_path / "run"
+    held = {json.loads(l)["id"] for l in (run / "split" / "heldout.jsonl").read_text().splitlines()}
+    evaluated = {json.loads(l)["scenario_id"] for l in (run / "evaluate" / "responses.jsonl").read_text().splitlines()}
+    assert len(held) == 3 and evaluated == held
+    assert (run / "evaluate" / MARKER).is_file() and "cdra_ray.cli" in (run / "evaluate.log").read_text()
+    assert [s["state"] for s in run_recipe(config, preset="tiny_test", overrides=overrides)] == ["skipped"]
