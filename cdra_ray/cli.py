@@ -90,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = "" if entry.get("seconds") is None else f"{entry['seconds']:.0f} s"
                 print(f"{entry['stage']:>12}  {entry['state']:<8} {seconds:>8}  {entry['dir']}")
         elif args.command == "train":
-            from cdra_ray.train import format_summary, run_training
+            from cdra_ray.train import train_command
 
-            summary = run_training(load_config(args.config, args.overrides))
-            print("\n== CDPA run finished ==\n" + format_summary(summary))
+            return train_command(load_config(args.config, args.overrides))
     except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -54,7 +54,8 @@ class Entry(Generic[T]):
 
 def _same(path, target) -> bool:
     """``path`` is the import path of ``target`` (a lazy catalog entry being replaced by its own implementation)."""
-    return isinstance(path, str) and path == f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', '')}"
+    where = f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', '')}"
+    return isinstance(path, str) and path == where
 
 
 def options_dict(options) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def resolve(registry: Registry, name: str, config, section: str, extra: Mapping[
         detail = getattr(err, "detail", None)
         if detail is None:
             raise
-        raise RegistryError(f"{_key_of(detail.split()[0].split('=')[0], entry.options, config, section, extra_key)}: {detail} "
-                            f"({registry.what} {name!r})") from None
+        key = _key_of(detail.split()[0].split("=")[0], entry.options, config, section, extra_key)
+        raise RegistryError(f"{key}: {detail} ({registry.what} {name!r})") from None
 
 
 def _key_of(word: str, options_cls: type, config, section: str, extra_key: str | None) -> str:

@@ -7,6 +7,7 @@ from typing import Callable, ClassVar, Sequence
 
 from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.messages import Group
+from cdra_ray.rewards.catalog import JudgeOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.judge import CritiqueScoreJudge, JudgeRequest, JudgeRewardModel, ScoreFormat
 from cdra_ray.rewards.prompts import render_quoted_prompt, slot
 
@@ -18,36 +19,11 @@ UNTRUSTED_NOTE = (
 )
 
 
-def whole_response_messages(system: str, answer_label: str, instruction: str, preference_slot: str,
-                            query_slot: str, response_slot: str) -> list[dict[str, str]]:
-    """System rubric + a user turn quoting P, q and the whole response (placeholders, filled when encoding)."""
-    user = "\n".join([
-        "User preference:",
-        f"<preference>\n{preference_slot}\n</preference>",
-        "",
-        "User question:",
-        f"<query>\n{query_slot}\n</query>",
-        "",
-        answer_label,
-        f"<response>\n{response_slot}\n</response>",
-        "",
-        UNTRUSTED_NOTE,
-        instruction,
-    ])
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def render_whole_response(tokenizer, messages_fn, preference: str, query: str, response: str) -> list[int]:
-    """Token ids of ``messages_fn(slots)`` with P, q and the response quoted as untrusted text."""
-    messages = messages_fn(slot(0), slot(1), slot(2))
-    return render_quoted_prompt(tokenizer, messages, [preference.strip(), query.strip(), response.strip()])
-
-
 class OutcomeJudgeModel(JudgeRewardModel):
     """Scores each response as one span with a :class:`CritiqueScoreJudge`; ``render`` builds its prompt."""
 
-    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = 0.95,
-                 min_requests_for_floor: int = 20) -> None:
+    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = _D.parse_rate_floor,
+                 min_requests_for_floor: int = _D.min_requests_for_floor) -> None:
         super().__init__(judge, parse_rate_floor=parse_rate_floor, min_requests_for_floor=min_requests_for_floor)
         self.render = render
 
@@ -66,26 +42,52 @@ class OutcomeJudgeModel(JudgeRewardModel):
 
 
 class SingleCritiqueJudgeModel(OutcomeJudgeModel):
-    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, ``render_prompt`` and
-    ``default_critique_tokens``; the constructor (options of :class:`~cdra_ray.rewards.catalog.JudgeOptions`) is
-    shared."""
+    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, the prompt's ``system``
+    rubric, ``answer_label`` and closing ``instruction``, and ``default_critique_tokens``; the prompt layout and the
+    constructor (options of :class:`~cdra_ray.rewards.catalog.JudgeOptions`) are shared."""
 
     kind: ClassVar[str]
     scale: ClassVar[ScoreFormat]
-    render_prompt: ClassVar[RenderFn]
+    system: ClassVar[str]  # the rubric: what to judge, the scale, the score line to end with
+    answer_label: ClassVar[str]  # the line introducing the quoted response
+    instruction: ClassVar[str]  # the user turn's last line
     default_critique_tokens: ClassVar[int] = 128
+
+    @classmethod
+    def messages(cls, preference_slot: str, query_slot: str, response_slot: str) -> list[dict[str, str]]:
+        """System rubric + a user turn quoting P, q and the whole response (placeholders, filled when encoding)."""
+        user = "\n".join([
+            "User preference:",
+            f"<preference>\n{preference_slot}\n</preference>",
+            "",
+            "User question:",
+            f"<query>\n{query_slot}\n</query>",
+            "",
+            cls.answer_label,
+            f"<response>\n{response_slot}\n</response>",
+            "",
+            UNTRUSTED_NOTE,
+            cls.instruction,
+        ])
+        return [{"role": "system", "content": cls.system}, {"role": "user", "content": user}]
+
+    @classmethod
+    def render_prompt(cls, tokenizer, preference: str, query: str, response: str) -> list[int]:
+        """Token ids of the judge's prompt; P, q and the response are quoted untrusted text."""
+        messages = cls.messages(slot(0), slot(1), slot(2))
+        return render_quoted_prompt(tokenizer, messages, [preference.strip(), query.strip(), response.strip()])
 
     def __init__(
         self,
         engine: GenerationEngine,
         *,
         critique_max_tokens: int | None = None,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
+        critique_temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
+        parse_rate_floor: float = _D.parse_rate_floor,
+        min_requests_for_floor: int = _D.min_requests_for_floor,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:
