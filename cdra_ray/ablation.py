@@ -13,13 +13,19 @@ The table (built by the pure :func:`comparison_rows`) has per run: reward statis
 step scores, response return, first-half vs second-half trend), the zero-advantage rate (mean over updates of the
 share of groups whose advantages are all zero, ``advantage/zero_rate``), seconds per update (the driver's own
 phases: wait + learn + weight_sync + checkpoint), the reward model's seconds per update, the run-level parse rate
-(``n/a`` for score-head models, which parse nothing) and the number of defaulted scores. Other metrics (e.g. an
-evaluation's) join as extra columns (``extra=``).
+(``n/a`` for score-head models, which parse nothing) and the number of defaulted scores.
+
+With ``evaluate=True`` (the default when ``evaluate.judge.model`` is set) every trained policy is then evaluated
+by :func:`cdra_ray.evaluation.run.run_evaluation` in one pass, with one judge for every row, and Table 1's
+metrics (``eval_acc_pf`` ... ``eval_m_ie``, plus the share of responses in the step-by-step format) join the
+table: the comparison the paper's Table 3 makes. The evaluated scenarios are ``evaluate.data`` (give held-out
+pairs; when unset the training data is evaluated, and the log says so).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -215,6 +221,33 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], output_dir: str | Path,
     return paths
 
 
+# ----------------------------------------------------------------------------------------------- evaluation columns
+EVAL_COLUMNS = ("acc_pf", "acc_da", "acc_mis", "m_th", "m_dm", "m_ie")
+
+
+def evaluation_config(named: Sequence[tuple[str, Config]], output_dir: str | Path) -> Config:
+    """One evaluation of every preset's trained policy (a ``policy`` method per row), one judge for all."""
+    from cdra_ray.config.evaluate import EvalMethod, check_eval_config
+
+    base = named[0][1]
+    if not base.evaluate.judge.model:
+        raise ConfigError("ablate --evaluate needs a judge: set evaluate.judge.model (see README \"Evaluate\")")
+    methods = [EvalMethod(label, "policy", str(Path(cfg.run.output_dir) / cfg.run.name)) for label, cfg in named]
+    evaluate = dataclasses.replace(base.evaluate, methods=methods, output_dir=str(Path(output_dir) / "evaluation"))
+    check_eval_config(evaluate)
+    return dataclasses.replace(base, evaluate=evaluate)
+
+
+def evaluation_columns(eval_rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{preset: {"eval_acc_pf": percent, ..., "eval_step_format": percent}}`` from the evaluation's rows."""
+    out = {}
+    for row in eval_rows:
+        columns = {f"eval_{m}": row["metrics"][m]["mean"] for m in EVAL_COLUMNS}
+        columns["eval_step_format"] = row["step_format"]
+        out[row["method"]] = columns
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- orchestration
 def run_ablation(
     presets: Sequence[str] = TABLE3_PRESETS,
@@ -224,16 +257,22 @@ def run_ablation(
     output_dir: str | Path = "runs/ablation",
     skip_existing: bool = False,
     train_fn: Callable[[Config], dict] | None = None,
+    evaluate: bool | None = None,
+    evaluate_fn: Callable[[Config], dict] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``presets`` one after the other with equal budgets; write and return the comparison rows.
 
     ``skip_existing``: a preset whose run directory already holds a finished run (``summary.json``) is not run
     again, its metrics are read (to add presets to an ablation, or to rebuild the table). ``train_fn`` defaults to
-    :func:`cdra_ray.train.run_training` (tests pass a fake).
+    :func:`cdra_ray.train.run_training` (tests pass a fake); ``evaluate`` (None = when a judge is configured) adds
+    the evaluation columns through ``evaluate_fn`` (default :func:`cdra_ray.evaluation.run.run_evaluation`).
     """
     from cdra_ray.driver.metrics import read_metrics
 
     named = ablation_configs(presets, overrides, budget, output_dir)  # all configs checked before any run starts
+    eval_config = None
+    if evaluate or (evaluate is None and named[0][1].evaluate.judge.model):
+        eval_config = evaluation_config(named, output_dir)  # checked before any training starts
     if train_fn is None:
         from cdra_ray.train import run_training as train_fn
     runs = []
@@ -247,9 +286,19 @@ def run_ablation(
                      config.reward.kind, config.algorithm.advantage, config.train.total_updates)
             train_fn(config)
         runs.append(RunMetrics(label, config.reward.kind, config.algorithm.advantage, read_metrics(run_dir)))
-    rows = comparison_rows(runs)
     info = {"presets": [label for label, _ in named], "budget": named[0][1].train.total_updates,
             "overrides": list(overrides)}
+    extra = None
+    if eval_config is not None:
+        if evaluate_fn is None:
+            from cdra_ray.evaluation.run import run_evaluation as evaluate_fn
+        if not eval_config.evaluate.data:
+            log.warning("ablation: evaluate.data is not set, so the policies are evaluated on their training data "
+                        "(%s); set evaluate.data to held-out pairs", eval_config.data.path)
+        result = evaluate_fn(eval_config)
+        extra = evaluation_columns(result["rows"])
+        info["evaluation"] = str(result["dir"])
+    rows = comparison_rows(runs, extra)
     paths = write_comparison(rows, output_dir, info)
     log.info("ablation table written to %s", paths["markdown"])
     return rows

@@ -6,6 +6,8 @@
     cdra-ray prepare-model [NAME]                       convert the embedded demo model into an HF dir
     cdra-ray ablate [PRESET ...] [key=value ...]        the paper's Table 3 reward ablation, one comparison table
     cdra-ray construct --config construct_cpu_demo      build DeepPref-style data (trees, D_Rea, D_RFT)
+    cdra-ray evaluate --config P [key=value ...]        Table 1 metrics of policies and prompting baselines
+    cdra-ray recipe --config P [key=value ...]          every stage of the paper, resumable, one run directory
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config"),
-                            ("construct", "build DeepPref-style data: council trees, D_Rea, D_RFT")):
+                            ("construct", "build DeepPref-style data: council trees, D_Rea, D_RFT"),
+                            ("evaluate", "evaluate policies and prompting baselines with an LLM judge (Table 1)"),
+                            ("recipe", "run the paper's stages in order into one run directory (resumable)")):
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -41,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None, help="train.total_updates for every preset")
     p.add_argument("--output-dir", default="runs/ablation", help="where runs and ablation.{md,csv,json} go")
     p.add_argument("--skip-existing", action="store_true", help="reuse finished runs (resume an ablation)")
+    p.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the evaluation metrics of every trained policy (default: on when evaluate.judge.model "
+                        "is set)")
     p = sub.add_parser("prepare-model", help="convert the embedded SmolLM2 GGUF into a cached HF directory")
     p.add_argument("name", nargs="?", default="smollm2-135m-instruct")
     return parser
@@ -68,12 +75,26 @@ def main(argv: list[str] | None = None) -> int:
             presets, overrides = split_presets_and_overrides(args.items)
             kwargs = {"presets": presets} if presets else {}
             rows = run_ablation(overrides=overrides, budget=args.budget, output_dir=args.output_dir,
-                                skip_existing=args.skip_existing, **kwargs)
+                                skip_existing=args.skip_existing, evaluate=args.evaluate, **kwargs)
             print(to_markdown(rows))
         elif args.command == "construct":
             from cdra_ray.construction import run_construction
 
             print(run_construction(load_config(args.config, args.overrides)))
+        elif args.command == "evaluate":
+            from cdra_ray.evaluation.run import run_evaluation
+
+            result = run_evaluation(load_config(args.config, args.overrides))
+            print((result["dir"] / "table.md").read_text(encoding="utf-8"))
+            print(f"report: {result['dir']}")
+        elif args.command == "recipe":
+            from cdra_ray.recipe import run_recipe
+
+            status = run_recipe(load_config(args.config, args.overrides), preset=args.config,
+                                overrides=args.overrides)
+            for entry in status:
+                seconds = "" if entry.get("seconds") is None else f"{entry['seconds']:.0f} s"
+                print(f"{entry['stage']:>12}  {entry['state']:<8} {seconds:>8}  {entry['dir']}")
         elif args.command == "train":
             from cdra_ray.train import train_command
 
@@ -81,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from cdra_ray.recipe import RecipeError
+
+        if not isinstance(err, RecipeError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

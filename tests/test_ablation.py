@@ -160,3 +160,45 @@ def test_run_ablation_runs_each_preset_once_with_equal_budgets_and_writes_the_ta
     again = run_ablation(["grpo_grm", "grpo_rm"], ["data.max_scenarios=4"], budget=2, output_dir=tmp_path,
                          skip_existing=True, train_fn=fake_train)
     assert seen == [] and again == rows
+
+
+def _fake_train(config):
+    run_dir = Path(config.run.output_dir) / config.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RM_RECORDS[:2]))
+    (run_dir / "summary.json").write_text("{}")
+    return {}
+
+
+def _metric(mean):
+    return {"mean": mean, "low": mean, "high": mean, "n": 4, "n_unparsed": 0}
+
+
+def test_evaluate_adds_table1_columns_from_one_judge_for_every_row(tmp_path):
+    calls = []
+
+    def fake_evaluate(config):
+        calls.append(config)
+        rows = [{"method": m.name, "step_format": 50.0 + k,
+                 "metrics": {name: _metric(10.0 * k + i) for i, name in enumerate(
+                     ("acc_pf", "acc_da", "acc_mis", "m_th", "m_dm", "m_ie"))}}
+                for k, m in enumerate(config.evaluate.methods)]
+        return {"rows": rows, "dir": tmp_path / "evaluation"}
+
+    # no judge configured: no evaluation unless asked for
+    run_ablation(["grpo_grm", "grpo_rm"], budget=2, output_dir=tmp_path / "a", train_fn=_fake_train,
+                 evaluate_fn=fake_evaluate)
+    assert calls == []
+    rows = run_ablation(["grpo_grm", "grpo_rm"], ["evaluate.judge.model=tiny-llama", "evaluate.data=builtin:x"],
+                        budget=2, output_dir=tmp_path / "b", train_fn=_fake_train, evaluate_fn=fake_evaluate)
+    [config] = calls  # one evaluation, one judge, every trained policy a method
+    assert [(m.name, m.kind, m.model) for m in config.evaluate.methods] == [
+        ("grpo_grm", "policy", str(tmp_path / "b" / "runs" / "grpo_grm")),
+        ("grpo_rm", "policy", str(tmp_path / "b" / "runs" / "grpo_rm"))]
+    assert config.evaluate.output_dir == str(tmp_path / "b" / "evaluation")
+    assert rows[1]["eval_acc_pf"] == 10.0 and rows[1]["eval_m_ie"] == 15.0 and rows[0]["eval_step_format"] == 50.0
+    assert "eval_acc_da" in (tmp_path / "b" / "ablation.csv").read_text().splitlines()[0]
+    with pytest.raises(ConfigError, match="evaluate.judge.model"):
+        run_ablation(["grpo_grm"], budget=2, output_dir=tmp_path / "c", train_fn=_fake_train, evaluate=True,
+                     evaluate_fn=fake_evaluate)
+    assert not (tmp_path / "c" / "runs").exists()  # refused before any training

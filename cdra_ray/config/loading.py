@@ -205,6 +205,11 @@ def validate(config: Config) -> None:
                           "engine reports raw log-probs, not those of the tempered distribution it sampled")
     if a.importance_cap is not None and a.importance_cap <= 0:
         raise ConfigError(f"algorithm.importance_cap={a.importance_cap}: must be > 0 or null")
+    from cdra_ray.config.evaluate import check_eval_config
+    from cdra_ray.config.recipe import check_recipe_config
+
+    check_eval_config(config.evaluate)
+    check_recipe_config(config.recipe)
 
 
 def to_yaml(config: Config) -> str:

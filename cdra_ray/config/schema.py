@@ -17,6 +17,8 @@ from cdra_ray.algorithms.catalog import CdpaOptions
 from cdra_ray.rewards.catalog import HeadOptions, JudgeOptions, ScalarRMOptions, TTSOptions
 
 from cdra_ray.config.construct import ConstructConfig
+from cdra_ray.config.evaluate import EvalConfig
+from cdra_ray.config.recipe import RecipeConfig
 
 DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
 
@@ -157,3 +159,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     construct: ConstructConfig = field(default_factory=ConstructConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)

@@ -55,7 +55,12 @@ def inference_messages(scenario: Scenario) -> list[dict[str, str]]:
 
 def render_prompt_ids(tokenizer, scenario: Scenario, max_prompt_tokens: int) -> list[int]:
     """Token ids of the chat-formatted prompt; a prompt over the limit is an error naming the scenario."""
-    messages = inference_messages(scenario)
+    return render_chat_ids(tokenizer, inference_messages(scenario), max_prompt_tokens, scenario.uid)
+
+
+def render_chat_ids(tokenizer, messages: list[dict[str, str]], max_prompt_tokens: int, uid: str,
+                    limit_key: str = "rollout.max_prompt_tokens") -> list[int]:
+    """Token ids of any chat (the inference prompt, or a baseline's variant of it), rendered the same way."""
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
@@ -66,7 +71,7 @@ def render_prompt_ids(tokenizer, scenario: Scenario, max_prompt_tokens: int) -> 
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]
     if len(ids) > max_prompt_tokens:
         raise ValueError(
-            f"scenario {scenario.uid!r}: prompt has {len(ids)} tokens, over rollout.max_prompt_tokens="
+            f"scenario {uid!r}: prompt has {len(ids)} tokens, over {limit_key}="
             f"{max_prompt_tokens}; shorten the preference/query or raise the limit"
         )
     return ids
