@@ -5,6 +5,7 @@
     cdra-ray check-data PATH                            validate a (preference, query) JSONL file
     cdra-ray prepare-model [NAME]                       convert the embedded demo model into an HF dir
     cdra-ray ablate [PRESET ...] [key=value ...]        the paper's Table 3 reward ablation, one comparison table
+    cdra-ray serve-reward --config P [key=value ...]    serve the reward model over HTTP on Ray Serve
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdra-ray", description="Critique-Driven Reasoning Alignment on Ray",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config")):
+    for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config"),
+                            ("serve-reward", "serve the reward model over HTTP on Ray Serve (OpenRLHF /get_reward, "
+                                             "/v1/score_steps, /health) until Ctrl-C")):
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_ablation(overrides=overrides, budget=args.budget, output_dir=args.output_dir,
                                 skip_existing=args.skip_existing, **kwargs)
             print(to_markdown(rows))
+        elif args.command == "serve-reward":
+            from cdra_ray.serving.launch import serve_reward
+
+            serve_reward(load_config(args.config, args.overrides))
         elif args.command == "train":
             from cdra_ray.train import format_summary, run_training
 

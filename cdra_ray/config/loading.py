@@ -131,6 +131,9 @@ def validate(config: Config) -> None:
             and (config.rollout.temperature != 1.0 or config.rollout.top_p != 1.0)):
         raise ConfigError("algorithm.importance_cap with rollout.engine=hf needs temperature 1 and top_p 1: the hf "
                           "engine reports raw log-probs, not those of the tempered distribution it sampled")
+    from cdra_ray.config.serve import validate_serve
+
+    validate_serve(config.serve)
     if config.algorithm.importance_cap is not None and config.algorithm.importance_cap <= 0:
         raise ConfigError(f"algorithm.importance_cap={config.algorithm.importance_cap}: must be > 0 or null")
 
