@@ -226,3 +226,10 @@ def test_record_scorer_batches_requests_into_one_model_call_and_splits_them_back
     assert r2.reward == pytest.approx(0.09) and r3.reward == pytest.approx(0.08)
     metrics = scorer.metrics()
     assert metrics["serve/model_calls"] == 1 and metrics["serve/records"] == 3 and metrics["reward/requests"] == 4
+
+
+def test_serve_reward_command_refuses_a_bad_key_before_anything_starts(capsys):
+    from cdra_ray.cli import main
+
+    assert main(["serve-reward", "--config", "serve_tiny", "serve.unparsed=zero"]) == 2
+    assert "serve.unparsed='zero'" in capsys.readouterr().err
