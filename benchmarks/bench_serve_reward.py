@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import threading
@@ -96,7 +95,8 @@ def main(argv=None) -> dict:
     config = load_config(args.config, [*args.overrides, "serve.num_replicas=1", f"serve.port={port}",
                                        f"serve.max_batch_size={max(concurrencies)}"])
     w = config.reward
-    os.environ.update(actor_env(w.num_cpus, w.engine, w.kv_cache_gb))  # the in-process engine's settings
+    # the in-process engine gets the replica's process environment (OpenMP reads its thread count at start)
+    common.reexec_with(actor_env(w.num_cpus, w.engine, w.kv_cache_gb))
     reward_dir = resolve_model_setting(w.model or DEMO_MODEL)
 
     import ray
