@@ -20,7 +20,7 @@ how fast an update goes. Attention score FLOPs (about 10% more at these lengths)
 recompute are not counted, so the utilisation is a slight underestimate. The plain "6 x params x tokens"
 figure is in the JSON too (``flops_simple``), for comparison.
 
-Target (issue 5): learner >= 50% of the machine's fp32 matmul peak.
+Target: learner >= 50% of the machine's fp32 matmul peak.
 
     python benchmarks/bench_learner.py                      # SmolLM2-135M, G=5, 192 prompt + 192 response
     python benchmarks/bench_learner.py --model tiny --response-tokens 64   # seconds, for a smoke check
@@ -97,7 +97,7 @@ def synthetic_groups(model_dir: Path, args) -> list:
         group = Group(scenario=Scenario(uid=f"bench-{k}", preference="p", query="q", index=k),
                       prompt_token_ids=prompt, samples=samples, policy_version=0,
                       step_spans=[[(0, len(s.response_text))] for s in samples], token_steps=steps,
-                      step_scores=scores, ref_logprobs=refs if args.beta > 0 else [])
+                      step_scores=scores, ref_logprobs=torch.tensor(refs) if args.beta > 0 else None)
         groups.append(group)
     return groups
 

@@ -12,6 +12,7 @@ judge's parse rate falls under the floor; a shared service instead reports every
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 
@@ -69,16 +70,14 @@ class RecordScorer:
 
 def build_scorer(config, reward_dir: str) -> RecordScorer:
     """The configured reward model (``reward`` section) in a :class:`RecordScorer` (``serve`` section)."""
-    from cdra_ray.actors.constructors import reward_engine_spec, reward_model_options
-    from cdra_ray.rewards import REWARD_MODELS, create_reward_model
+    from cdra_ray.actors.constructors import reward_engine_spec, reward_model
 
-    kind = config.reward.kind
-    options = reward_model_options(config)
-    if "parse_rate_floor" in options:
-        options["parse_rate_floor"] = 0.0  # reported per response instead (see the module docstring)
+    entry, options = reward_model(config)
+    if any(f.name == "parse_rate_floor" for f in dataclasses.fields(options)):
+        options = dataclasses.replace(options, parse_rate_floor=0.0)  # reported instead (module docstring)
     spec = reward_engine_spec(config, reward_dir)
-    if getattr(REWARD_MODELS[kind], "needs_engine", True):  # judges generate text through an engine
-        model = create_reward_model(kind, engine=spec.build(), **options)
-    else:  # classification-head reward models load their own model
-        model = create_reward_model(kind, model_dir=spec.model_dir, **options)
+    if entry.traits.get("needs_engine", True):  # judges generate text through an engine
+        model = entry.create(options, engine=spec.build())
+    else:  # classification heads and rules load what they need from the model directory
+        model = entry.create(options, model_dir=spec.model_dir)
     return RecordScorer(RewardService(model), aggregate=config.serve.aggregate, unparsed=config.serve.unparsed)
