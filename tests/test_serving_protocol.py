@@ -233,3 +233,13 @@ def test_serve_reward_command_refuses_a_bad_key_before_anything_starts(capsys):
 
     assert main(["serve-reward", "--config", "serve_tiny", "serve.unparsed=zero"]) == 2
     assert "serve.unparsed='zero'" in capsys.readouterr().err
+
+
+def test_protocol_client_and_launcher_import_no_heavy_package():
+    import subprocess
+    import sys
+
+    probe = ("import cdra_ray.serving.protocol, cdra_ray.serving.launch, cdra_ray.client, cdra_ray.config.serve, sys; "
+             "print(' '.join(m for m in sys.modules if '.' not in m))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert set(out.stdout.split()) & {"torch", "vllm", "deepspeed", "ray", "transformers", "fastapi"} == set()
