@@ -8,6 +8,7 @@
     cdra-ray construct --config construct_cpu_demo      build DeepPref-style data (trees, D_Rea, D_RFT)
     cdra-ray evaluate --config P [key=value ...]        Table 1 metrics of policies and prompting baselines
     cdra-ray recipe --config P [key=value ...]          every stage of the paper, resumable, one run directory
+    cdra-ray serve-reward --config P [key=value ...]    serve the reward model over HTTP on Ray Serve
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("train", "run CDPA training"), ("config", "print the resolved config"),
                             ("construct", "build DeepPref-style data: council trees, D_Rea, D_RFT"),
                             ("evaluate", "evaluate policies and prompting baselines with an LLM judge (Table 1)"),
-                            ("recipe", "run the paper's stages in order into one run directory (resumable)")):
+                            ("recipe", "run the paper's stages in order into one run directory (resumable)"),
+                            ("serve-reward", "serve the reward model over HTTP on Ray Serve (OpenRLHF /get_reward, "
+                                             "/v1/score_steps, /health) until Ctrl-C")):
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             for entry in status:
                 seconds = "" if entry.get("seconds") is None else f"{entry['seconds']:.0f} s"
                 print(f"{entry['stage']:>12}  {entry['state']:<8} {seconds:>8}  {entry['dir']}")
+        elif args.command == "serve-reward":
+            from cdra_ray.serving.launch import serve_reward
+
+            serve_reward(load_config(args.config, args.overrides))
         elif args.command == "train":
             from cdra_ray.train import train_command
 

@@ -18,12 +18,14 @@ class RewardService:
     def __init__(self, model: RewardModel, *, max_wait_s: float = 0.05):
         self.model = model
         self.totals = RewardMetrics()
-        self._batcher: MicroBatcher[Group, Group] = MicroBatcher(self._score_batch, max_wait_s=max_wait_s)
+        self._batcher: MicroBatcher[Group, Group] = MicroBatcher(self.score_groups, max_wait_s=max_wait_s)
 
     def score_group(self, group: Group) -> Group:
         return self._batcher(group)
 
-    def _score_batch(self, groups: list[Group]) -> list[Group]:
+    def score_groups(self, groups: list[Group]) -> list[Group]:
+        """One batch in one model call: the batcher's batch function, and the entry point of callers that batch
+        themselves (Ray Serve's ``@serve.batch`` in ``cdra_ray/serving``)."""
         start = time.perf_counter()
         outputs = self.model.score_groups(groups)
         share = (time.perf_counter() - start) / len(groups)

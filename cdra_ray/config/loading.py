@@ -205,11 +205,16 @@ def validate(config: Config) -> None:
                           "engine reports raw log-probs, not those of the tempered distribution it sampled")
     if a.importance_cap is not None and a.importance_cap <= 0:
         raise ConfigError(f"algorithm.importance_cap={a.importance_cap}: must be > 0 or null")
+    # The stage sections check themselves (each module owns its keys).
+    from cdra_ray.config.construct import validate_construct
     from cdra_ray.config.evaluate import check_eval_config
     from cdra_ray.config.recipe import check_recipe_config
+    from cdra_ray.config.serve import validate_serve
 
+    validate_construct(config.construct)
     check_eval_config(config.evaluate)
     check_recipe_config(config.recipe)
+    validate_serve(config.serve)
 
 
 def to_yaml(config: Config) -> str:

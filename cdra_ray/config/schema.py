@@ -19,6 +19,7 @@ from cdra_ray.rewards.catalog import HeadOptions, JudgeOptions, ScalarRMOptions,
 from cdra_ray.config.construct import ConstructConfig
 from cdra_ray.config.evaluate import EvalConfig
 from cdra_ray.config.recipe import RecipeConfig
+from cdra_ray.config.serve import ServeConfig
 
 DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
 
@@ -161,3 +162,4 @@ class Config:
     construct: ConstructConfig = field(default_factory=ConstructConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)

@@ -9,9 +9,8 @@ How a call works: every prompt (token ids rendered with the judge's tokenizer, l
 ``tokenizer_dir``, never downloaded) is decoded back to text and sent as one ``POST {base}/v1/completions``
 request; the requests of one :meth:`OpenAIHTTPEngine.generate` call run concurrently on a thread pool, and at
 most ``max_concurrency`` requests of this engine are in flight at any time (across concurrent calls too).
-Timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff (``backoff_s * 2**k``, a
-little jitter, at least the server's ``Retry-After``); other 4xx mean the request itself is wrong and fail at
-once. The last error names the URL, the status or exception, and the number of attempts.
+Retries, timeouts and the in-flight cap are those of the shared transport (``http_transport.py``): timeouts,
+connection errors, HTTP 429 and 5xx are retried with exponential backoff, other 4xx fail at once.
 
 What differs from the local engines, by necessity (a text API hides tokens):
 
@@ -37,54 +36,31 @@ Only the standard library is used (``urllib``), so the backend adds no dependenc
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import math
 import os
-import random
-import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from cdra_ray.engines.base import Completion, SamplingSettings
+from cdra_ray.engines.http_transport import HTTPRequestError, JSONPoster
+from cdra_ray.engines.http_transport import snippet as _snippet
 
 logger = logging.getLogger(__name__)
 
 REGEX_FIELD = "structured_outputs"  # vLLM 0.32 CompletionRequest.structured_outputs = {"regex": ...}
-MAX_RETRY_AFTER_S = 60.0  # never wait longer than this for a server's Retry-After
-_BODY_SNIPPET = 500  # characters of an error reply quoted in exceptions
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-class OpenAIHTTPError(RuntimeError):
+class OpenAIHTTPError(HTTPRequestError):
     """A request to the endpoint failed for good (after the retries, or at once for a non-retryable 4xx)."""
-
-    def __init__(self, message: str, *, url: str, status: int | None, attempts: int):
-        super().__init__(message)
-        self.url = url
-        self.status = status  # HTTP status of the last reply; None for a timeout or connection error
-        self.attempts = attempts
 
 
 class EndpointNotSupported(NotImplementedError):
     """An operation an OpenAI-compatible judge endpoint cannot do (scoring fixed tokens, loading weights)."""
 
-
-class _Failure(Exception):
-    """One failed attempt: ``retryable`` decides whether the retry loop goes on."""
-
-    def __init__(self, description: str, *, status: int | None, retryable: bool, retry_after: float | None = None):
-        super().__init__(description)
-        self.description = description
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
@@ -161,17 +137,6 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:  # an HTTP date: fall back to our own backoff
-        return None
-
-
-def _snippet(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    text = " ".join(text.split())
-    return text if len(text) <= _BODY_SNIPPET else text[:_BODY_SNIPPET] + "..."
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -206,14 +171,6 @@ class OpenAIHTTPEngine:
     ):
         if not model:
             raise ValueError("OpenAIHTTPEngine model must name the served model (e.g. vllm serve --served-model-name)")
-        if timeout_s <= 0:
-            raise ValueError(f"OpenAIHTTPEngine timeout_s must be > 0, got {timeout_s}")
-        if max_retries < 0:
-            raise ValueError(f"OpenAIHTTPEngine max_retries must be >= 0, got {max_retries}")
-        if backoff_s < 0:
-            raise ValueError(f"OpenAIHTTPEngine backoff_s must be >= 0, got {backoff_s}")
-        if max_concurrency < 1:
-            raise ValueError(f"OpenAIHTTPEngine max_concurrency must be >= 1, got {max_concurrency}")
         self.url = completions_url(base_url)
         self.model = model
         self.timeout_s = float(timeout_s)
@@ -225,14 +182,13 @@ class OpenAIHTTPEngine:
         self.extra_body = dict(extra_body or {})
         self.api_key_env = api_key_env
         self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self._poster = JSONPoster(
+            self.url, name="OpenAIHTTPEngine", timeout_s=timeout_s, max_retries=max_retries, backoff_s=backoff_s,
+            max_concurrency=max_concurrency, error_cls=OpenAIHTTPError, hint=self._hint,
+            headers={"Authorization": f"Bearer {self._api_key}"} if self._api_key else None,
+        )
         self._tokenizer = _load_tokenizer(tokenizer_dir)
         self._leading_ids = leading_special_ids(self._tokenizer)
-        self._slots = threading.BoundedSemaphore(self.max_concurrency)  # in-flight cap across calls
-        host = urllib.parse.urlparse(self.url).hostname or ""
-        # Loopback never goes through an environment proxy; remote endpoints honour HTTP(S)_PROXY as usual.
-        handlers = [urllib.request.ProxyHandler({})] if host in _LOOPBACK or host.startswith("127.") else []
-        self._opener = urllib.request.build_opener(*handlers)
-        self._random = random.Random()
 
     def __repr__(self) -> str:
         return f"OpenAIHTTPEngine(url={self.url!r}, model={self.model!r})"
@@ -324,75 +280,15 @@ class OpenAIHTTPEngine:
     # ------------------------------------------------------------------ HTTP with retries
     def _post(self, body: dict) -> dict:
         """POST ``body`` with retries; the parsed JSON reply, or :class:`OpenAIHTTPError`."""
-        data = json.dumps(body).encode("utf-8")
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                with self._slots:
-                    return self._attempt(data)
-            except _Failure as failure:
-                if not failure.retryable:
-                    raise OpenAIHTTPError(
-                        f"OpenAIHTTPEngine: POST {self.url} (model {self.model!r}) was rejected: {failure.description} "
-                        f"(not retried: a 4xx other than 429 means the request itself is wrong{self._hint(failure)})",
-                        url=self.url, status=failure.status, attempts=attempt,
-                    ) from None
-                if attempt == attempts:
-                    raise OpenAIHTTPError(
-                        f"OpenAIHTTPEngine: POST {self.url} (model {self.model!r}) failed after {attempts} attempts "
-                        f"(max_retries={self.max_retries}, timeout_s={self.timeout_s}); last error: "
-                        f"{failure.description}",
-                        url=self.url, status=failure.status, attempts=attempts,
-                    ) from None
-                delay = self.backoff_s * 2 ** (attempt - 1) * (1.0 + 0.25 * self._random.random())
-                if failure.retry_after is not None:
-                    delay = max(delay, min(failure.retry_after, MAX_RETRY_AFTER_S))
-                logger.warning("%r: attempt %d/%d failed (%s); retrying in %.2f s",
-                               self, attempt, attempts, failure.description, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return self._poster.post(body, what=f" (model {self.model!r})")
 
-    def _attempt(self, data: bytes) -> dict:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:  # before URLError: HTTPError is a subclass
-            try:
-                detail = _snippet(err.read())
-            except (OSError, http.client.HTTPException):
-                detail = ""
-            status = int(err.code)
-            raise _Failure(
-                f"HTTP {status} {err.reason}: {detail}".rstrip(": "),
-                status=status,
-                retryable=status == 429 or status >= 500,
-                retry_after=_retry_after_seconds(err.headers.get("Retry-After") if err.headers else None),
-            ) from None
-        except urllib.error.URLError as err:  # connection refused, DNS, a timeout while connecting
-            reason = err.reason
-            raise _Failure(f"{type(reason).__name__}: {reason}", status=None, retryable=True) from None
-        except TimeoutError as err:  # no reply within timeout_s
-            raise _Failure(f"TimeoutError: no reply within timeout_s={self.timeout_s} ({err})", status=None,
-                           retryable=True) from None
-        except (OSError, http.client.HTTPException) as err:  # reset, closed or truncated connection
-            raise _Failure(f"{type(err).__name__}: {err}", status=None, retryable=True) from None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise _Failure(f"HTTP 200 with a body that is not JSON: {_snippet(raw)}", status=200,
-                           retryable=False) from None
-
-    def _hint(self, failure: _Failure) -> str:
-        if failure.status in (401, 403):
+    def _hint(self, status: int | None) -> str:
+        if status in (401, 403):
             where = f"${self.api_key_env}" if self.api_key_env else "no api_key_env"
             return f"; check the API key ({where} is {'set' if self._api_key else 'unset'})"
-        if failure.status == 404:
+        if status == 404:
             return "; check base_url and the served model name"
-        if failure.status == 400 and self.supports_regex:
+        if status == 400 and self.supports_regex:
             return f"; a server without vLLM's {REGEX_FIELD!r} extension needs supports_regex=False"
         return ""
 
