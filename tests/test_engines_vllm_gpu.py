@@ -94,6 +94,10 @@ def test_llm_client_wraps_payloads_as_vllm_requests():
         def finish_weight_update(self, weight_version=None):
             calls.append(("finish", weight_version))
 
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+            return True
+
     client = LLMWeightSyncClient(FakeLLM())
     client.init_weight_transfer_engine({"world_size": 2})
     client.start_weight_update()
@@ -104,6 +108,7 @@ def test_llm_client_wraps_payloads_as_vllm_requests():
         ("start",),
         ("update", {"update_info": {"names": ["w"]}}),
         ("finish", "3"),
+        ("reset_prefix_cache",),  # KV computed with the old weights must not be reused
     ]
 
 

@@ -137,14 +137,16 @@ class LearnerActor:
     def policy_version(self) -> int:
         return self.learner.policy_version
 
-    def connect_weight_sync(self, workers: list, world_sizes: list[int], master_port: int) -> None:
-        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner)."""
+    def connect_weight_sync(self, workers: list, world_sizes: list[int]) -> None:
+        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner, which
+        binds the rendezvous store: address and port are chosen here, on the learner's node)."""
         import torch
 
-        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync
+        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync, rendezvous_endpoint
 
+        address, port = rendezvous_endpoint()
         self.sync = NcclWeightSync([RayActorSyncClient(w) for w in workers], world_sizes,
-                                   master_address=ray.util.get_node_ip_address(), master_port=master_port)
+                                   master_address=address, master_port=port)
         self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
 
     def broadcast_weights(self, policy_version: int) -> None:
@@ -169,6 +171,9 @@ class RayActorSyncClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         ray.get(self.handle.finish_weight_update.remote(weight_version))
 
+    def abort_weight_update(self, reason: str) -> None:
+        ray.get(self.handle.abort_weight_update.remote(reason))
+
 
 class ObjectStorePublisher:
     """Weights through Ray's object store: learner -> packed CPU tensors (shared memory, see
@@ -188,10 +193,8 @@ class NcclPublisher:
     """Weights over NCCL from the learner's GPU straight into every vLLM worker (vLLM's weight transfer)."""
 
     def __init__(self, learner, workers: list, tensor_parallel_size: int):
-        from cdra_ray.learner.learner import free_port
-
         self.learner = learner
-        ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers), free_port()))
+        ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers)))
 
     def publish(self, policy_version: int, wait: bool) -> None:
         done = self.learner.broadcast_weights.remote(policy_version)
@@ -213,12 +216,13 @@ def learner_settings(config: Config, model_dir: str):
         gradient_checkpointing=l.gradient_checkpointing, share_prompt_forward=l.share_prompt_forward,
         num_threads=threads_for(l.num_cpus),
         seed=config.train.seed, device=l.device, dist_backend="nccl" if l.device == "cuda" else "gloo",
+        offload_optimizer=l.offload_optimizer,
     )
 
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
                    weight_sync: str = "object_store", dtype: str | None = None,
-                   block_size: int | None = None) -> dict[str, Any]:
+                   block_size: int | None = None, tensor_parallel_size: int = 1) -> dict[str, Any]:
     """Constructor options of a generation engine; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's."""
     dtype = dtype or config.model.dtype
     if kind == "hf":
@@ -238,7 +242,7 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
     return {**extra,
         "dtype": dtype, "seed": config.train.seed, "max_model_len": max_model_len,
         "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
-        "tensor_parallel_size": config.rollout.tensor_parallel_size,
+        "tensor_parallel_size": tensor_parallel_size,
     }
 
 
@@ -274,7 +278,7 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
                           max_new_tokens=r.max_new_tokens, max_prompt_tokens=r.max_prompt_tokens,
                           max_steps=r.max_steps, seed=config.train.seed)
     rollout_options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
-                                     weight_sync=r.weight_sync)
+                                     weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size)
     if r.engine == "vllm":
         # behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
         rollout_options["logprobs_mode"] = "processed_logprobs"
@@ -288,7 +292,8 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     ]
     reward_spec = EngineSpec(w.engine, reward_dir, engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb,
                                                                   max_model_len=w.max_model_len, dtype=w.dtype,
-                                                                  block_size=w.kv_block_size),
+                                                                  block_size=w.kv_block_size,
+                                                                  tensor_parallel_size=w.tensor_parallel_size),
                              threads_for(w.num_cpus))
     reward_options = reward_model_options(config)
     reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,

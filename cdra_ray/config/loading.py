@@ -71,13 +71,14 @@ _CHOICES = {
     "algorithm.aggregation": ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean"),
     "learner.device": ("cpu", "cuda"),
     "rollout.weight_sync": ("object_store", "nccl"),
+    "learner.offload_optimizer": ("none", "cpu"),
 }
 
 _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
     "rollout.max_model_len", "reward.critique_max_tokens", "learner.micro_batch_size", "learner.ppo_epochs",
     "train.total_updates", "train.groups_per_update", "rollout.tensor_parallel_size", "reward.tts_samples",
-    "reward.batch_size",
+    "reward.batch_size", "reward.tensor_parallel_size",
 )
 _NON_NEGATIVE = (
     "rollout.temperature", "reward.critique_temperature", "algorithm.clip_eps", "algorithm.beta",
@@ -124,6 +125,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rollout.group_size={config.rollout.group_size}: group-relative advantages need >= 2")
     if config.rollout.max_steps is not None and config.rollout.max_steps < 1:
         raise ConfigError(f"rollout.max_steps={config.rollout.max_steps}: must be >= 1 or null")
+    if config.learner.offload_optimizer != "none" and config.learner.zero_stage == 0:
+        raise ConfigError(f"learner.offload_optimizer={config.learner.offload_optimizer!r} needs "
+                          "learner.zero_stage >= 1 (DeepSpeed offloads the optimizer only under ZeRO)")
+    w = config.reward
+    if w.engine == "vllm" and w.tensor_parallel_size > 1 and w.num_gpus != w.tensor_parallel_size:
+        raise ConfigError(f"reward.tensor_parallel_size={w.tensor_parallel_size} needs reward.num_gpus="
+                          f"{w.tensor_parallel_size} (one GPU per tensor-parallel worker), got {w.num_gpus}")
     if config.rollout.weight_sync == "nccl" and (config.learner.device != "cuda" or config.rollout.engine != "vllm"):
         raise ConfigError("rollout.weight_sync=nccl needs learner.device=cuda and rollout.engine=vllm (GPU only); "
                           "use object_store on CPU")

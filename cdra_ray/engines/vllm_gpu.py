@@ -13,7 +13,8 @@ The learner half (ZeRO-3 gathering source, several engines at their own rank off
 - :func:`build_vllm_engine_args`: the ``vllm.LLM`` arguments of a rollout engine (TP/PP, executor, dtype,
   weight transfer backend, our worker extension);
 - :class:`LLMWeightSyncClient`: an in-process ``vllm.LLM`` as vLLM's ``VLLMWeightSyncClient`` protocol, for a
-  rollout actor to expose its engine's control plane to the learner;
+  rollout actor to expose its engine's control plane to the learner; its finish also resets the prefix cache
+  (as :meth:`~cdra_ray.engines.vllm_engine.VLLMEngine.load_weights` does on the object-store path);
 - :class:`CdraWorkerExtension` (``worker_extension_cls``): a fingerprint of each worker's weights, so a driver
   or test can check that a sync landed on every worker (and identically on all engines);
 - :func:`vllm_skips_name`: what a learner must not send. The broadcast plan itself (names, dtypes, shapes in
@@ -120,7 +121,12 @@ class LLMWeightSyncClient:
         self.llm.update_weights({"update_info": update_info})
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
+        """Finish, then drop the prefix cache: its KV blocks were computed with the old weights, and vLLM's
+        weight transfer leaves them in place, so a repeated prompt would reuse stale KV (silently wrong)."""
         self.llm.finish_weight_update(weight_version)
+        if self.llm.reset_prefix_cache() is False:  # only fails while requests hold KV blocks
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update (requests were "
+                               "running); the caller must stop generation before updating weights")
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.shutdown_weight_transfer_engine()
