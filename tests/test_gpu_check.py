@@ -113,3 +113,11 @@ def test_without_cuda_the_check_exits_3_and_says_what_was_skipped(repo_root):
     assert done.returncode == EXIT_NO_GPU
     assert "No CUDA device is visible" in done.stderr and "skipped all 12 checks" in done.stderr
     assert "nccl: failure mid-broadcast -> error" in done.stdout and "no CUDA device" in done.stdout
+
+
+def test_launch_script_without_cuda_exits_3(repo_root):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "CDRA_SKIP_INSTALL": "1", "CDRA_VENV": sys.prefix}
+    done = subprocess.run(["bash", str(repo_root / "launch" / "gpu_check.sh"), "--only", "nccl_sync"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == EXIT_NO_GPU, done.stderr
+    assert "nccl: sync 1" in done.stdout and "not selected" in done.stdout
