@@ -133,6 +133,7 @@ class RolloutWorker:
         with self._update_state:
             self._updating = True
         try:
+            self._check_usable()  # again: an abort may have come while this call waited for the lock
             self._sync_client().start_weight_update()
         except BaseException:
             self._release_update_lock()  # nothing was received yet: the engine is still consistent
