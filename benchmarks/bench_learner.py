@@ -20,7 +20,7 @@ how fast an update goes. Attention score FLOPs (about 10% more at these lengths)
 recompute are not counted, so the utilisation is a slight underestimate. The plain "6 x params x tokens"
 figure is in the JSON too (``flops_simple``), for comparison.
 
-Target (issue 5): learner >= 50% of the machine's fp32 matmul peak.
+Target: learner >= 50% of the machine's fp32 matmul peak.
 
     python benchmarks/bench_learner.py                      # SmolLM2-135M, G=5, 192 prompt + 192 response
     python benchmarks/bench_learner.py --model tiny --response-tokens 64   # seconds, for a smoke check
@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from cdra_ray.actors.wiring import MALLOC_ENV  # noqa: E402
+from cdra_ray.actors.environment import MALLOC_ENV  # noqa: E402
 
 TARGET_PEAK_SHARE = 0.5
 
@@ -173,7 +173,7 @@ def shared_prompt_tokens(batch, micro_batch_size: int) -> int:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    common.reexec_with(MALLOC_ENV)  # the learner actor's environment (actors/wiring.py), for both variants
+    common.reexec_with(MALLOC_ENV)  # the learner actor's environment (actors/environment.py), for both variants
     common.quiet_logs()
     import torch
 

@@ -9,16 +9,15 @@ from cdra_ray.learner.deepspeed_config import build_deepspeed_config
 
 
 def test_reward_engine_gets_its_own_tensor_parallel_size():
-    from cdra_ray.actors.wiring import engine_options
+    from cdra_ray.actors.constructors import reward_engine_spec, rollout_engine_spec
 
     config = load_config("paper_qwen7b_4gpu", ["rollout.tensor_parallel_size=2", "rollout.num_gpus=1",
                                                "reward.tensor_parallel_size=1", "reward.num_gpus=1"])
-    w = config.reward
-    judge = engine_options("vllm", config, kv_cache_gb=w.kv_cache_gb, max_model_len=w.max_model_len,
-                           tensor_parallel_size=w.tensor_parallel_size)
-    rollout = engine_options("vllm", config, kv_cache_gb=2, max_model_len=4096,
-                             tensor_parallel_size=config.rollout.tensor_parallel_size)
-    assert (judge["tensor_parallel_size"], rollout["tensor_parallel_size"]) == (1, 2)
+    assert reward_engine_spec(config, "/models/judge").options.tensor_parallel_size == 1
+    assert rollout_engine_spec(config, "/models/policy").options.tensor_parallel_size == 2
+    wide_judge = load_config("paper_qwen7b_4gpu", ["reward.tensor_parallel_size=4", "reward.num_gpus=4"])
+    assert reward_engine_spec(wide_judge, "/models/judge").options.tensor_parallel_size == 4
+    assert rollout_engine_spec(wide_judge, "/models/policy").options.tensor_parallel_size == 1
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -34,7 +33,7 @@ def test_gpu_placement_errors_name_the_keys(overrides, message):
 
 
 def test_paper_preset_syncs_over_nccl_and_offloads_the_optimizer_of_its_one_learner_rank():
-    from cdra_ray.actors.wiring import learner_settings
+    from cdra_ray.actors.constructors import learner_settings
 
     config = load_config("paper_qwen7b_4gpu")
     assert config.rollout.weight_sync == "nccl" and config.learner.device == "cuda"
@@ -72,7 +71,7 @@ def test_deepspeed_accepts_the_offload_config():
 
 def test_the_driver_no_longer_picks_the_rendezvous_port(monkeypatch):
     """The learner actor chooses address and port on its own node; the driver sends neither."""
-    from cdra_ray.actors import wiring
+    from cdra_ray.actors import publishers
 
     sent = {}
 
@@ -84,6 +83,6 @@ def test_the_driver_no_longer_picks_the_rendezvous_port(monkeypatch):
     class LearnerHandle:
         connect_weight_sync = Method()
 
-    monkeypatch.setattr(wiring.ray, "get", lambda ref, **kw: None)
-    wiring.NcclPublisher(LearnerHandle(), ["w0", "w1"], tensor_parallel_size=2)
+    monkeypatch.setattr(publishers.ray, "get", lambda ref, **kw: None)
+    publishers.NcclPublisher(LearnerHandle(), ["w0", "w1"], tensor_parallel_size=2)
     assert sent["args"] == (["w0", "w1"], [2, 2]) and not sent["kwargs"]

@@ -1,7 +1,7 @@
 """The GPU check's bodies: each runs in its own process (see :mod:`.plan`) and returns ``{row: (passed, detail)}``.
 
 They use the code paths a real run uses (``VLLMEngine``, ``Learner``, the Ray shells of
-:mod:`cdra_ray.actors.wiring`, ``NcclWeightSync``, the CLI) on small random Llamas built locally, so nothing is
+:mod:`cdra_ray.actors`, ``NcclWeightSync``, the CLI) on small random Llamas built locally, so nothing is
 downloaded. Tolerances are for bf16 on both sides (vLLM's kernels vs transformers' sdpa).
 """
 
@@ -163,7 +163,7 @@ def check_learner_step(workdir: str, offload: bool) -> dict[str, tuple[bool, str
 
 
 def check_tiny_preset(workdir: str, weight_sync: str) -> dict[str, tuple[bool, str]]:
-    """``cdra-ray train --config tiny_test`` on CUDA for two updates, through the CLI and the Ray wiring."""
+    """``cdra-ray train --config tiny_test`` on CUDA for two updates, through the CLI and the Ray shells."""
     import torch
 
     share = "1" if weight_sync == "nccl" else "0.25"  # NCCL needs learner and engine on different GPUs
@@ -220,7 +220,7 @@ class SyncLearner:
     def connect(self, workers: list) -> str:
         import torch
 
-        from cdra_ray.actors.wiring import RayActorSyncClient
+        from cdra_ray.actors.publishers import RayActorSyncClient
         from cdra_ray.learner.weight_sync_gpu import NcclWeightSync, rendezvous_endpoint
 
         address, port = rendezvous_endpoint()
@@ -253,7 +253,9 @@ def check_nccl_sync(workdir: str) -> dict[str, tuple[bool, str]]:
     """Learner (GPU 0) -> vLLM rollout actor (GPU 1) over NCCL, twice, then a failure injected mid-broadcast."""
     import ray
 
-    from cdra_ray.actors.wiring import EngineSpec, RolloutActor, actor_env
+    from cdra_ray.actors.constructors import EngineSpec
+    from cdra_ray.actors.environment import actor_env
+    from cdra_ray.actors.shells import RolloutActor
     from cdra_ray.engines.vllm_gpu import WORKER_EXTENSION
     from cdra_ray.gpu_check.plan import CLEANUP
     from cdra_ray.messages import Scenario

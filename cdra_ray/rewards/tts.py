@@ -18,7 +18,8 @@ from __future__ import annotations
 from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.rewards.base import register_reward_model
 from cdra_ray.rewards.genrm import render_outcome_prompt
-from cdra_ray.rewards.judge import STEP_SCALE, CritiqueScoreJudge, OutcomeJudgeModel
+from cdra_ray.rewards.judge import STEP_SCALE, CritiqueScoreJudge
+from cdra_ray.rewards.outcome_judge import OutcomeJudgeModel
 
 
 @register_reward_model("tts")

@@ -1,0 +1,103 @@
+"""The Ray actors of a run: thin shells over the plain role classes.
+
+Each shell builds its heavy objects (engine, model, DeepSpeed) inside the actor process and then *is* the plain
+class, so the methods the driver calls are exactly the ones tested without Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ray
+
+from cdra_ray.actors.reference_service import ReferenceService
+from cdra_ray.actors.reward_service import RewardService
+from cdra_ray.actors.rollout_worker import RolloutWorker
+from cdra_ray.actors.shared_weights import pack_weights
+from cdra_ray.logs import configure_actor_logs
+
+
+@ray.remote
+class RolloutActor(RolloutWorker):
+    def __init__(self, spec, worker_options: dict):
+        configure_actor_logs("rollout")
+        super().__init__(spec.build(), **worker_options)
+
+
+@ray.remote
+class RewardActor(RewardService):
+    def __init__(self, spec, entry, options):
+        # entry: the reward kind's registry entry (cdra_ray.registry.Entry), options: its checked options
+        configure_actor_logs("reward")
+        if entry.traits.get("needs_engine", True):  # judges generate text through an engine
+            model = entry.create(options, engine=spec.build())
+        else:  # classification heads and rules load what they need from the model directory
+            model = entry.create(options, model_dir=spec.model_dir)
+        super().__init__(model)
+
+
+@ray.remote
+class ReferenceActor(ReferenceService):
+    def __init__(self, model_dir: str, options: dict):
+        configure_actor_logs("reference")
+        from cdra_ray.learner.reference import ReferencePolicy
+
+        super().__init__(ReferencePolicy(model_dir, **options))
+
+
+@ray.remote
+class LearnerActor:
+    """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
+
+    def __init__(self, settings):
+        configure_actor_logs("learner")
+        from cdra_ray.learner.learner import Learner
+
+        self.learner = Learner(settings)
+
+    def train_on_groups(self, groups):
+        return self.learner.train_on_groups(groups)
+
+    def export_weights(self):
+        # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
+        return pack_weights(self.learner.export_weights(copy=False).items())
+
+    def save_checkpoint(self, path: str):
+        return self.learner.save_checkpoint(Path(path))
+
+    def save_state(self, path: str):
+        return self.learner.save_state(Path(path))
+
+    def load_state(self, path: str):
+        return self.learner.load_state(Path(path))
+
+    def sequence_logprobs(self, prompt_ids, continuation_ids):
+        """The learner's own log-probs of a fixed continuation (to check that a weight sync really landed)."""
+        import torch
+
+        from cdra_ray.learner.logprobs import token_logprobs
+
+        ids = torch.tensor([list(prompt_ids) + list(continuation_ids)], device=self.learner.device)
+        with torch.no_grad():
+            logits = self.learner.model(input_ids=ids).logits
+        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])[0]
+        return logprobs[len(prompt_ids) - 1:].tolist()
+
+    def policy_version(self) -> int:
+        return self.learner.policy_version
+
+    def connect_weight_sync(self, workers: list, world_sizes: list[int]) -> None:
+        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner, which
+        binds the rendezvous store: address and port are chosen here, on the learner's node)."""
+        import torch
+
+        from cdra_ray.actors.publishers import RayActorSyncClient
+        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync, rendezvous_endpoint
+
+        address, port = rendezvous_endpoint()
+        self.sync = NcclWeightSync([RayActorSyncClient(w) for w in workers], world_sizes,
+                                   master_address=address, master_port=port)
+        self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
+
+    def broadcast_weights(self, policy_version: int) -> None:
+        self.sync.send(policy_version)
