@@ -121,3 +121,29 @@ def test_launch_script_without_cuda_exits_3(repo_root):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == EXIT_NO_GPU, done.stderr
     assert "nccl: sync 1" in done.stdout and "not selected" in done.stdout
+
+
+def test_check_bodies_inject_failures_after_n_tensors_and_build_valid_batches():
+    from cdra_ray.gpu_check.checks import ArmableSource, make_groups
+    from cdra_ray.learner.batch import build_batch
+
+    class Source:
+        def metadata(self):
+            return ["m"]
+
+        def held_names(self):
+            return None
+
+        def __iter__(self):
+            return iter([("a", 1), ("b", 2), ("c", 3)])
+
+    source = ArmableSource(Source())
+    assert list(source) == [("a", 1), ("b", 2), ("c", 3)] and source.metadata() == ["m"]
+    source.fail_after = 2
+    seen = []
+    with pytest.raises(RuntimeError, match="injected failure after 2 tensors"):
+        for name, _ in source:
+            seen.append(name)
+    assert seen == ["a", "b"]
+    batch = build_batch(make_groups(2, vocab=512))  # the learner checks train on these
+    assert batch.input_ids.shape[0] == 8 and int(batch.input_ids.max()) < 512
