@@ -28,7 +28,8 @@ if $PIP show "$other" >/dev/null 2>&1; then
   $PIP uninstall -y "$want" >/dev/null 2>&1 || true
 fi
 # A CPU torch build satisfies torch==2.13.0 too (2.13.0+cpu), so the GPU extra must remove it explicitly.
-if [ "$EXTRA" = "gpu" ] && "$VENV/bin/python" -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ else 1)" 2>/dev/null; then
+cpu_torch="import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ else 1)"
+if [ "$EXTRA" = "gpu" ] && "$VENV/bin/python" -c "$cpu_torch" 2>/dev/null; then
   echo "switching to the CUDA build of torch: uninstalling the CPU build"
   $PIP uninstall -y torch
 fi
