@@ -39,7 +39,7 @@ from typing import Sequence
 
 import torch
 
-from cdra_ray.algorithms.catalog import ADVANTAGES, CdpaOptions
+from cdra_ray.algorithms.catalog import ADVANTAGES, CdpaOptions, GrpoOptions
 from cdra_ray.registry import options_dict, options_from_signature
 
 __all__ = [
@@ -97,7 +97,8 @@ def _token_rewards(step_rewards: torch.Tensor, token_steps: torch.Tensor) -> tor
 
 
 # ----------------------------------------------------------------------------------------------- estimators
-def grpo_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: float, scale: bool = True):
+def grpo_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: float,
+                    scale: bool = GrpoOptions.scale):
     """Outcome supervision: the group-normalized response reward, broadcast over the response's tokens.
 
     Paper's text (App. D, OS): ``(r_i - mu_r) / (sigma_r + delta)`` with one reward per response. Departure:
@@ -136,8 +137,8 @@ def cdpa_advantages(
     token_mask,
     *,
     eps: float,
-    normalize: str = "position",
-    pads_count: bool = False,
+    normalize: str = CdpaOptions.normalize,
+    pads_count: bool = CdpaOptions.pads_count,
 ):
     """CDPA (paper Eq. 3): each token carries its step's reward, normalized across the group.
 

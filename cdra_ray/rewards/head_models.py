@@ -18,6 +18,7 @@ from typing import Callable, ClassVar, Sequence
 
 from cdra_ray.messages import Group
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput
+from cdra_ray.rewards.catalog import HeadOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.prompts import encode_text, encode_untrusted, slot
 
 HEADS = ("sequence", "token")
@@ -157,8 +158,9 @@ class HeadRewardModel:
     kind: ClassVar[str]  # the reward kind, in messages
     head: ClassVar[str]  # "sequence" | "token"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
-                 max_length: int = 4096, allow_untrained_head: bool = False, num_threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, *, dtype: str = _D.dtype, device: str = _D.device,
+                 batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 allow_untrained_head: bool = _D.allow_untrained_head, num_threads: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"{self.kind}: batch_size must be >= 1, got {batch_size}")
         if max_length < 2:

@@ -40,6 +40,7 @@ from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
 from cdra_ray.messages import Group, StepScore
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError
 from cdra_ray.rewards.cache import LRUCache, request_key
+from cdra_ray.rewards.catalog import JudgeOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.prompts import encode_text, encode_untrusted
 
 logger = logging.getLogger(__name__)
@@ -139,14 +140,14 @@ class CritiqueScoreJudge:
         fmt: ScoreFormat,
         *,
         name: str,
-        critique_max_tokens: int = 128,
-        temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
+        critique_max_tokens: int = _D.critique_max_tokens,
+        temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
         samples: int = 1,
         aggregate: str = "mean",
         vote_decimals: int = 1,
-        cache_size: int = 50_000,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:
@@ -339,8 +340,8 @@ class JudgeRewardModel:
     needs_engine: ClassVar[bool] = True  # built with engine= (a GenerationEngine)
     title: ClassVar[str] = ""  # the name in error messages (default: the judge's name)
 
-    def __init__(self, judge: CritiqueScoreJudge, *, parse_rate_floor: float = 0.95,
-                 min_requests_for_floor: int = 20) -> None:
+    def __init__(self, judge: CritiqueScoreJudge, *, parse_rate_floor: float = _D.parse_rate_floor,
+                 min_requests_for_floor: int = _D.min_requests_for_floor) -> None:
         if not 0.0 <= parse_rate_floor <= 1.0:
             raise ValueError(f"{judge.name}: parse_rate_floor must lie in [0, 1], got {parse_rate_floor}")
         if min_requests_for_floor < 1:

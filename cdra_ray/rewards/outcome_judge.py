@@ -7,6 +7,7 @@ from typing import Callable, ClassVar, Sequence
 
 from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.messages import Group
+from cdra_ray.rewards.catalog import JudgeOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.judge import CritiqueScoreJudge, JudgeRequest, JudgeRewardModel, ScoreFormat
 from cdra_ray.rewards.prompts import render_quoted_prompt, slot
 
@@ -46,8 +47,8 @@ def render_whole_response(tokenizer, messages_fn, preference: str, query: str, r
 class OutcomeJudgeModel(JudgeRewardModel):
     """Scores each response as one span with a :class:`CritiqueScoreJudge`; ``render`` builds its prompt."""
 
-    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = 0.95,
-                 min_requests_for_floor: int = 20) -> None:
+    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = _D.parse_rate_floor,
+                 min_requests_for_floor: int = _D.min_requests_for_floor) -> None:
         super().__init__(judge, parse_rate_floor=parse_rate_floor, min_requests_for_floor=min_requests_for_floor)
         self.render = render
 
@@ -80,12 +81,12 @@ class SingleCritiqueJudgeModel(OutcomeJudgeModel):
         engine: GenerationEngine,
         *,
         critique_max_tokens: int | None = None,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
+        critique_temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
+        parse_rate_floor: float = _D.parse_rate_floor,
+        min_requests_for_floor: int = _D.min_requests_for_floor,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:

@@ -33,6 +33,7 @@ from cdra_ray.algorithms.steps import segment_steps
 from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.messages import Group
 from cdra_ray.rewards.base import register_reward_model
+from cdra_ray.rewards.catalog import PersGenPRMOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.cache import request_key  # noqa: F401  (re-exported for callers of the old layout)
 from cdra_ray.rewards.judge import (  # noqa: F401  (SCORE_REGEX and clean_critique live in the judge core)
     SCORE_MODES,
@@ -64,14 +65,14 @@ class PersGenPRM(JudgeRewardModel):
         self,
         engine: GenerationEngine,
         *,
-        critique_max_tokens: int = 128,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        max_steps: int | None = None,
-        cache_size: int = 50_000,
+        critique_max_tokens: int = _D.critique_max_tokens,
+        critique_temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
+        parse_rate_floor: float = _D.parse_rate_floor,
+        min_requests_for_floor: int = _D.min_requests_for_floor,
+        max_steps: int | None = _D.max_steps,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:

@@ -31,6 +31,7 @@ from typing import Sequence
 from cdra_ray.algorithms.steps import segment_steps
 from cdra_ray.messages import Group, StepScore
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, register_reward_model
+from cdra_ray.rewards.catalog import PRMOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.head_models import HeadRewardModel, ScoringInput, render_scoring_input
 
 
@@ -120,9 +121,9 @@ class PRM(HeadRewardModel):
     kind = "prm"
     head = "token"
 
-    def __init__(self, model_dir: str | Path, *, max_steps: int | None = None, dtype: str = "float32",
-                 device: str = "cpu", batch_size: int = 8, max_length: int = 4096, allow_untrained_head: bool = False,
-                 num_threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, *, max_steps: int | None = None, dtype: str = _D.dtype,
+                 device: str = _D.device, batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 allow_untrained_head: bool = _D.allow_untrained_head, num_threads: int | None = None) -> None:
         self.max_steps = max_steps
         super().__init__(model_dir, dtype=dtype, device=device, batch_size=batch_size, max_length=max_length,
                          allow_untrained_head=allow_untrained_head, num_threads=num_threads)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cdra_ray.messages import Group
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, outcome_step_score, register_reward_model
+from cdra_ray.rewards.catalog import ScalarRMOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.head_models import HeadRewardModel
 
 SCORE_TRANSFORMS = ("identity", "tanh")
@@ -41,8 +42,9 @@ class ScalarRM(HeadRewardModel):
     kind = "scalar_rm"
     head = "sequence"
 
-    def __init__(self, model_dir: str | Path, *, dtype: str = "float32", device: str = "cpu", batch_size: int = 8,
-                 max_length: int = 4096, score_transform: str = "identity", allow_untrained_head: bool = False,
+    def __init__(self, model_dir: str | Path, *, dtype: str = _D.dtype, device: str = _D.device,
+                 batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 score_transform: str = _D.score_transform, allow_untrained_head: bool = _D.allow_untrained_head,
                  num_threads: int | None = None) -> None:
         self.score_transform = score_transform
         super().__init__(model_dir, dtype=dtype, device=device, batch_size=batch_size, max_length=max_length,
