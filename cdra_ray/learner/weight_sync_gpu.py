@@ -16,6 +16,12 @@ to the caller:
   across engines; :class:`FanOutSyncClient` rewrites the offset per engine and calls the engines concurrently
   (each one blocks inside the NCCL rendezvous / receive until all ranks arrive).
 
+- failure handling: a send that fails half-way tells every engine to abort (each releases its engine lock and
+  refuses further work, since its weights are half-new), tears the group down and raises; vLLM's own trainer
+  engine would leave the engines locked and the caller hanging on the next request;
+- the rendezvous endpoint chosen in the learner's process (:func:`rendezvous_endpoint`), on the node whose
+  store binds it.
+
 Rank layout of the transfer group (rank 0 = learner, then each engine's TP x DP workers in turn)::
 
     [ 0 | 1 .. w_0 | w_0+1 .. w_0+w_1 | ... ]      world_size = 1 + sum(w_k)
