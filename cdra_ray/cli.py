@@ -69,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                                 skip_existing=args.skip_existing, **kwargs)
             print(to_markdown(rows))
         elif args.command == "train":
-            from cdra_ray.train import format_summary, run_training
+            from cdra_ray.train import train_command
 
-            summary = run_training(load_config(args.config, args.overrides))
-            print("\n== CDPA run finished ==\n" + format_summary(summary))
+            return train_command(load_config(args.config, args.overrides))
     except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
