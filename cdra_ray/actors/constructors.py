@@ -43,13 +43,15 @@ def learner_settings(config: Config, model_dir: str):
         gradient_checkpointing=l.gradient_checkpointing, share_prompt_forward=l.share_prompt_forward,
         num_threads=threads_for(l.num_cpus),
         seed=config.train.seed, device=l.device, dist_backend="nccl" if l.device == "cuda" else "gloo",
+        offload_optimizer=l.offload_optimizer,
     )
 
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
                    weight_sync: str = "object_store", dtype: str | None = None, block_size: int | None = None,
-                   logprobs_mode: str | None = None):
-    """The options object of engine ``kind``; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's."""
+                   logprobs_mode: str | None = None, tensor_parallel_size: int = 1):
+    """The options object of engine ``kind``; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's.
+    ``tensor_parallel_size`` is the role's own (``rollout.`` or ``reward.tensor_parallel_size``)."""
     from cdra_ray.engines.catalog import HFOptions, OpenAIOptions, VLLMOptions
 
     dtype = dtype or config.model.dtype
@@ -68,7 +70,7 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
     return VLLMOptions(
         **nccl, dtype=dtype, seed=config.train.seed, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
         gpu_memory_utilization=config.rollout.gpu_memory_utilization,
-        tensor_parallel_size=config.rollout.tensor_parallel_size, block_size=block_size,
+        tensor_parallel_size=tensor_parallel_size, block_size=block_size,
         logprobs_mode=logprobs_mode,
     )
 
@@ -93,7 +95,7 @@ def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
     r = config.rollout
     # vllm: behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
     options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
-                             weight_sync=r.weight_sync,
+                             weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size,
                              logprobs_mode="processed_logprobs" if r.engine == "vllm" else None)
     return EngineSpec(r.engine, policy_dir, options, threads_for(r.num_cpus))
 
@@ -101,7 +103,7 @@ def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
 def reward_engine_spec(config: Config, reward_dir: str) -> EngineSpec:
     w = config.reward
     options = engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb, max_model_len=w.max_model_len,
-                             dtype=w.dtype, block_size=w.kv_block_size)
+                             dtype=w.dtype, block_size=w.kv_block_size, tensor_parallel_size=w.tensor_parallel_size)
     return EngineSpec(w.engine, reward_dir, options, threads_for(w.num_cpus))
 
 

@@ -23,6 +23,9 @@ class RayActorSyncClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         ray.get(self.handle.finish_weight_update.remote(weight_version))
 
+    def abort_weight_update(self, reason: str) -> None:
+        ray.get(self.handle.abort_weight_update.remote(reason))
+
 
 class ObjectStorePublisher:
     """Weights through Ray's object store: learner -> packed CPU tensors (shared memory, see
@@ -44,10 +47,8 @@ class NcclPublisher:
     """Weights over NCCL from the learner's GPU straight into every vLLM worker (vLLM's weight transfer)."""
 
     def __init__(self, learner, workers: list, tensor_parallel_size: int):
-        from cdra_ray.learner.learner import free_port
-
-        self.learner = learner
-        ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers), free_port()))
+        self.learner = learner  # the learner picks the rendezvous address and port on its own node
+        ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers)))
 
     def publish(self, policy_version: int, wait: bool, workers: list[int] | None = None) -> None:
         if workers is not None:  # a restarted engine would have to rejoin the NCCL group: not supported

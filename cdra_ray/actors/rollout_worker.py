@@ -8,6 +8,7 @@ are only ever swapped while no batch is generating (the batcher's engine lock).
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterable
 
@@ -59,6 +60,9 @@ class RolloutWorker:
         # the version of the weights the engine holds: 0 = built from the model directory; afterwards only
         # ever the value delivered with weights (load_weights / finish_weight_update), never counted here
         self.policy_version = 0
+        self._updating = False  # between start_weight_update and finish/abort (the engine lock is held)
+        self._update_state = threading.Lock()
+        self._failed_update: str | None = None  # why the engine can no longer be used, once a transfer failed
         self._batcher: MicroBatcher[Scenario, Group] = MicroBatcher(self._generate_batch, max_wait_s=max_wait_s)
 
     def generate_group(self, scenario: Scenario) -> Group:
@@ -66,6 +70,7 @@ class RolloutWorker:
         return self._batcher(scenario)
 
     def _generate_batch(self, scenarios: list[Scenario]) -> list[Group]:
+        self._check_usable()
         prompts = [render_prompt_ids(self.tokenizer, s, self.max_prompt_tokens) for s in scenarios]
         # One seed per call: reproducible for a given (seed, policy version, first scenario) and distinct
         # across updates, so a resumed run samples what the uninterrupted run would have sampled.
@@ -93,38 +98,76 @@ class RolloutWorker:
         else:
             items = named_tensors.items() if isinstance(named_tensors, dict) else named_tensors
         with self._batcher.engine_lock:
+            self._check_usable()
             self.engine.load_weights(items)
             self.policy_version = policy_version
         return self.policy_version
 
     # -- GPU path: vLLM's NCCL weight transfer (learner rank 0 broadcasts; see learner/weight_sync_gpu.py) --
     # The engine lock is taken at start and released at finish, so no batch generates while weights stream in.
+    # A transfer that fails half-way leaves the engine with partly new weights and, when the sender failed, its
+    # workers still blocked in the NCCL receive: the lock is released (nothing may wait on it forever) and the
+    # worker refuses all later work with an error instead of generating from a broken engine.
     def _sync_client(self):
         from cdra_ray.engines.vllm_gpu import LLMWeightSyncClient
 
         return LLMWeightSyncClient(self.engine.llm)
 
+    def _check_usable(self) -> None:
+        if self._failed_update is not None:
+            raise RuntimeError(
+                f"rollout worker unusable: a weight update failed half-way ({self._failed_update}); its engine "
+                "holds partly updated weights. Restart the run from its last checkpoint (run.resume=true)")
+
+    def _release_update_lock(self) -> None:
+        with self._update_state:
+            if self._updating:
+                self._updating = False
+                self._batcher.engine_lock.release()
+
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         self._sync_client().init_weight_transfer_engine(init_info)
 
     def start_weight_update(self) -> None:
+        self._check_usable()
         self._batcher.engine_lock.acquire()
-        self._sync_client().start_weight_update()
+        with self._update_state:
+            self._updating = True
+        try:
+            self._check_usable()  # again: an abort may have come while this call waited for the lock
+            self._sync_client().start_weight_update()
+        except BaseException:
+            self._release_update_lock()  # nothing was received yet: the engine is still consistent
+            raise
 
     def update_weights(self, update_info: dict) -> None:
-        self._sync_client().update_weights(update_info)
+        try:
+            self._sync_client().update_weights(update_info)
+        except BaseException as err:
+            self.abort_weight_update(f"update_weights raised {type(err).__name__}: {err}")
+            raise
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
+        """Load the received weights, drop the prefix cache (see ``LLMWeightSyncClient``), tag the version."""
         try:
             self._sync_client().finish_weight_update(weight_version)
             if weight_version is not None:
                 self.policy_version = int(weight_version)
+        except BaseException as err:
+            self._failed_update = f"finish_weight_update raised {type(err).__name__}: {err}"
+            raise
         finally:
-            self._batcher.engine_lock.release()
+            self._release_update_lock()
+
+    def abort_weight_update(self, reason: str) -> None:
+        """The transfer failed (here or at the sender): release the engine lock, refuse all later work."""
+        self._failed_update = reason
+        self._release_update_lock()
 
     def sequence_logprobs(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
         """The engine's log-probs of a fixed continuation: how tests prove a weight sync really happened."""
         with self._batcher.engine_lock:
+            self._check_usable()
             return self.engine.sequence_logprobs(prompt_ids, continuation_ids)
 
     def batch_sizes(self) -> list[int]:

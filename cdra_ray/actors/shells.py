@@ -102,15 +102,17 @@ class LearnerActor(Incarnation):
     def policy_version(self) -> int:
         return self.learner.policy_version
 
-    def connect_weight_sync(self, workers: list, world_sizes: list[int], master_port: int) -> None:
-        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner)."""
+    def connect_weight_sync(self, workers: list, world_sizes: list[int]) -> None:
+        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner, which
+        binds the rendezvous store: address and port are chosen here, on the learner's node)."""
         import torch
 
         from cdra_ray.actors.publishers import RayActorSyncClient
-        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync
+        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync, rendezvous_endpoint
 
+        address, port = rendezvous_endpoint()
         self.sync = NcclWeightSync([RayActorSyncClient(w) for w in workers], world_sizes,
-                                   master_address=ray.util.get_node_ip_address(), master_port=master_port)
+                                   master_address=address, master_port=port)
         self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
 
     def broadcast_weights(self, policy_version: int) -> None:

@@ -107,6 +107,7 @@ _CHOICES = {
     "reward.dtype": (None, "float32", "bfloat16", "float16"),
     "learner.device": ("cpu", "cuda"),
     "rollout.weight_sync": ("object_store", "nccl"),
+    "learner.offload_optimizer": ("none", "cpu"),
     "run.log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -114,7 +115,7 @@ _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
     "rollout.max_model_len", "learner.micro_batch_size", "learner.ppo_epochs", "train.total_updates",
     "train.groups_per_update", "rollout.tensor_parallel_size", "reward.max_model_len", "rollout.kv_cache_gb",
-    "reward.kv_cache_gb",
+    "reward.kv_cache_gb", "reward.tensor_parallel_size",
 )
 _NON_NEGATIVE = (
     "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm", "train.max_staleness", "train.save_every",
@@ -197,6 +198,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rollout.group_size={r.group_size}: group-relative advantages need >= 2")
     if r.max_steps is not None and r.max_steps < 1:
         raise ConfigError(f"rollout.max_steps={r.max_steps}: must be >= 1 or null")
+    if config.learner.offload_optimizer != "none" and config.learner.zero_stage == 0:
+        raise ConfigError(f"learner.offload_optimizer={config.learner.offload_optimizer!r} needs "
+                          "learner.zero_stage >= 1 (DeepSpeed offloads the optimizer only under ZeRO)")
+    if w.engine == "vllm" and w.tensor_parallel_size > 1 and w.num_gpus != w.tensor_parallel_size:
+        raise ConfigError(f"reward.tensor_parallel_size={w.tensor_parallel_size} needs reward.num_gpus="
+                          f"{w.tensor_parallel_size} (one GPU per tensor-parallel worker), got {w.num_gpus}")
     if r.weight_sync == "nccl" and (config.learner.device != "cuda" or r.engine != "vllm"):
         raise ConfigError("rollout.weight_sync=nccl needs learner.device=cuda and rollout.engine=vllm (GPU only); "
                           "use object_store on CPU")

@@ -96,6 +96,7 @@ class RewardConfig:
     num_gpus: float = 0.0
     kv_cache_gb: float = 2.0
     max_model_len: int = 4096
+    tensor_parallel_size: int = 1  # the judge engine's own TP; reward.num_gpus must equal it when > 1
 
 
 @dataclass
@@ -122,6 +123,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = False
     share_prompt_forward: bool = True  # learner and reference run a group's shared prompt once per micro-batch
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
+    offload_optimizer: str = "none"  # none | cpu: fp32 master weights + AdamW state in CPU RAM (ZeRO >= 1)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
 

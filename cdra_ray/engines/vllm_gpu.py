@@ -13,9 +13,11 @@ The learner half (ZeRO-3 gathering source, several engines at their own rank off
 - :func:`build_vllm_engine_args`: the ``vllm.LLM`` arguments of a rollout engine (TP/PP, executor, dtype,
   weight transfer backend, our worker extension);
 - :class:`LLMWeightSyncClient`: an in-process ``vllm.LLM`` as vLLM's ``VLLMWeightSyncClient`` protocol, for a
-  rollout actor to expose its engine's control plane to the learner;
+  rollout actor to expose its engine's control plane to the learner; its finish also resets the prefix cache
+  (as :meth:`~cdra_ray.engines.vllm_engine.VLLMEngine.load_weights` does on the object-store path);
 - :class:`CdraWorkerExtension` (``worker_extension_cls``): a fingerprint of each worker's weights, so a driver
-  or test can check that a sync landed on every worker (and identically on all engines);
+  or test can check that a sync landed on every worker (and identically on all engines), and which model
+  runner and attention backends vLLM chose (``launch/gpu_check.sh`` reports them);
 - :func:`vllm_skips_name`: what a learner must not send. The broadcast plan itself (names, dtypes, shapes in
   order) is :func:`cdra_ray.learner.weight_sync_gpu.broadcast_plan`.
 
@@ -120,7 +122,12 @@ class LLMWeightSyncClient:
         self.llm.update_weights({"update_info": update_info})
 
     def finish_weight_update(self, weight_version: str | None = None) -> None:
+        """Finish, then drop the prefix cache: its KV blocks were computed with the old weights, and vLLM's
+        weight transfer leaves them in place, so a repeated prompt would reuse stale KV (silently wrong)."""
         self.llm.finish_weight_update(weight_version)
+        if self.llm.reset_prefix_cache() is False:  # only fails while requests hold KV blocks
+            raise RuntimeError("vLLM could not reset its prefix cache after a weight update (requests were "
+                               "running); the caller must stop generation before updating weights")
 
     def shutdown_weight_transfer_engine(self) -> None:
         self.llm.shutdown_weight_transfer_engine()
@@ -140,3 +147,11 @@ class CdraWorkerExtension:
     def cdra_weight_checksum(self) -> float:
         """One number per worker: equal on every engine after a sync when TP layouts match."""
         return float(sum(self.cdra_weight_fingerprint().values()))
+
+    def cdra_runner_info(self) -> dict[str, object]:
+        """Which model runner (vLLM's V1 ``GPUModelRunner`` or the V2 one) and attention backends vLLM chose."""
+        runner = self.model_runner
+        groups = getattr(runner, "attn_groups", None) or []
+        backends = sorted({group.backend.get_name() for per_cache in groups for group in per_cache})
+        return {"model_runner": f"{type(runner).__module__}.{type(runner).__qualname__}",
+                "attention_backends": backends, "device": str(getattr(self, "device", "?"))}

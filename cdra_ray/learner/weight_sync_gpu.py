@@ -16,6 +16,12 @@ to the caller:
   across engines; :class:`FanOutSyncClient` rewrites the offset per engine and calls the engines concurrently
   (each one blocks inside the NCCL rendezvous / receive until all ranks arrive).
 
+- failure handling: a send that fails half-way tells every engine to abort (each releases its engine lock and
+  refuses further work, since its weights are half-new), tears the group down and raises; vLLM's own trainer
+  engine would leave the engines locked and the caller hanging on the next request;
+- the rendezvous endpoint chosen in the learner's process (:func:`rendezvous_endpoint`), on the node whose
+  store binds it.
+
 Rank layout of the transfer group (rank 0 = learner, then each engine's TP x DP workers in turn)::
 
     [ 0 | 1 .. w_0 | w_0+1 .. w_0+w_1 | ... ]      world_size = 1 + sum(w_k)
@@ -26,7 +32,9 @@ init payloads) are unit-tested on CPU; the broadcast itself needs CUDA and NCCL.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
@@ -34,6 +42,9 @@ import torch
 
 DEFAULT_PACKED_BUFFER_BYTES = 1024 * 1024 * 1024  # vLLM's default chunk for packed broadcasts (1 GiB)
 DEFAULT_PACKED_NUM_BUFFERS = 2
+ABORT_TIMEOUT_S = 30.0  # how long a failed send waits for the engines to acknowledge the abort
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,26 @@ def worker_init_infos(
     ]
 
 
+def free_port_all_interfaces() -> int:
+    """A TCP port free on every interface of *this* host a moment ago (the rendezvous store binds 0.0.0.0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def rendezvous_endpoint(node_ip: str | None = None) -> tuple[str, int]:
+    """(address, port) of the transfer group's store, chosen *in the learner's process*, on its node.
+
+    Rank 0 (the learner) binds the store; the engines connect to it. Picking the port anywhere else (e.g.
+    in the driver, on another host) tests the wrong machine. ``node_ip`` None = Ray's address of this node.
+    """
+    if node_ip is None:
+        import ray
+
+        node_ip = ray.util.get_node_ip_address()
+    return node_ip, free_port_all_interfaces()
+
+
 class SyncClient(Protocol):
     """One vLLM engine's weight-sync control plane (vLLM's ``VLLMWeightSyncClient`` protocol)."""
 
@@ -146,6 +177,8 @@ class SyncClient(Protocol):
     def update_weights(self, update_info: dict[str, Any]) -> None: ...
 
     def finish_weight_update(self, weight_version: str | None = None) -> None: ...
+
+    # optional: ``abort_weight_update(reason)`` releases an engine after a failed transfer (see RolloutWorker)
 
 
 class FanOutSyncClient:
@@ -183,6 +216,29 @@ class FanOutSyncClient:
     def finish_weight_update(self, weight_version: str | None = None) -> None:
         version = weight_version if weight_version is not None else self.weight_version
         self._all(lambda k, c: c.finish_weight_update(version))
+
+    def abort_weight_update(self, reason: str, timeout_s: float = ABORT_TIMEOUT_S) -> list[str]:
+        """Tell every engine the transfer failed; bounded, never raises. Returns the engines it could not reach.
+
+        Called while some engines may still block inside the NCCL receive, so it must not wait for them:
+        each abort runs on its own thread and the pool is not joined.
+        """
+        pool = ThreadPoolExecutor(max_workers=len(self.clients))
+        futures = {}
+        for k, client in enumerate(self.clients):
+            abort = getattr(client, "abort_weight_update", None)
+            if abort is not None:
+                futures[pool.submit(abort, reason)] = k
+        done, _ = wait(futures, timeout=timeout_s)
+        pool.shutdown(wait=False)
+        unreached = []
+        for future, k in futures.items():
+            error = future.exception() if future in done else TimeoutError(f"no answer in {timeout_s} s")
+            if error is not None:
+                unreached.append(f"engine {k}: {error}")
+        for line in unreached:
+            log.error("weight sync abort not acknowledged by %s", line)
+        return unreached
 
 
 class GatheredWeightSource:
@@ -275,11 +331,25 @@ class NcclWeightSync:
         )
 
     def send(self, weight_version: int | str | None = None) -> None:
-        """Broadcast every parameter (start -> update concurrently with the broadcast -> finish)."""
+        """Broadcast every parameter (start -> update concurrently with the broadcast -> finish).
+
+        A failure half-way is final for this group: the engines are told to abort (which frees their locks and
+        makes them refuse further work), the communicator is torn down, and the error is raised, never a hang
+        on this side. Reconnecting needs fresh engines (restart the run from its checkpoint).
+        """
         if self._engine is None:
-            raise RuntimeError("NcclWeightSync.send before connect()")
+            raise RuntimeError("NcclWeightSync.send before connect() (or after a failed send closed the group)")
         self.client.weight_version = None if weight_version is None else str(weight_version)
-        self._engine.send_weights()
+        try:
+            self._engine.send_weights()
+        except BaseException as err:
+            reason = f"learner-side weight broadcast of version {weight_version} failed: {type(err).__name__}: {err}"
+            self.client.abort_weight_update(reason)
+            try:
+                self.close()
+            except Exception:  # the group is gone either way; the broadcast's error is the one to report
+                log.exception("closing the weight transfer group after a failed send")
+            raise RuntimeError(reason) from err
 
     def close(self) -> None:
         if self._engine is not None:
