@@ -60,7 +60,10 @@ def test_bad_input_names_file_and_line(tmp_path, body, fmt, message):
 def test_bad_construct_key_is_named_before_any_model(tmp_path):
     from cdra_ray.config import ConfigError
 
-    config = load_config("construct_tiny_test", [f"construct.output_dir={tmp_path}", "construct.beam_width=0"])
+    with pytest.raises(ConfigError, match=r"construct\.beam_width=0.*construct_tiny_test\.yaml"):
+        load_config("construct_tiny_test", [f"construct.output_dir={tmp_path}", "construct.beam_width=0"])
+    config = load_config("construct_tiny_test", [f"construct.output_dir={tmp_path}"])
+    config.construct.beam_width = 0  # a config built in code is checked again when the stage starts
     with pytest.raises(ConfigError, match=r"construct\.beam_width=0"):
         run_construction(config)
 
