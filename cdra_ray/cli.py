@@ -5,6 +5,8 @@
     cdra-ray check-data PATH                            validate a (preference, query) JSONL file
     cdra-ray prepare-model [NAME]                       convert the embedded demo model into an HF dir
     cdra-ray ablate [PRESET ...] [key=value ...]        the paper's Table 3 reward ablation, one comparison table
+    cdra-ray sft --task prm|rft|prm_head|scalar_rm --config sft_cpu_demo [key=value ...]   SFT -> HF checkpoint
+    cdra-ray prm-eval --config sft_cpu_demo [key=value ...]   critic quality before/after SFT on held-out scenarios
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p = sub.add_parser("sft", help="supervised fine-tuning: Pers-GenPRM critic, RFT policy, ablation reward models",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("prm", "rft", "prm_head", "scalar_rm"), default=None,
+                   help="what to train (default: sft.task)")
+    p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p = sub.add_parser("prm-eval", help="critic-quality report of Pers-GenPRM before/after SFT (held-out scenarios)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p = sub.add_parser("check-data", help="validate a JSONL file of (preference, query) scenarios")
     p.add_argument("path", help="JSONL path or builtin:NAME")
     p = sub.add_parser("ablate", help="run reward-model ablation presets (configs/ablations/) with equal budgets "
@@ -47,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cdra_ray.config import ConfigError, load_config, to_yaml
     from cdra_ray.data.scenarios import ScenarioDataError, load_scenarios
+    from cdra_ray.sft.data import SFTDataError
 
     try:
         if args.command == "config":
@@ -66,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
             rows = run_ablation(overrides=overrides, budget=args.budget, output_dir=args.output_dir,
                                 skip_existing=args.skip_existing, **kwargs)
             print(to_markdown(rows))
+        elif args.command == "sft":
+            from cdra_ray.sft.run import run_sft
+
+            print(run_sft(load_config(args.config, args.overrides), args.task))
+        elif args.command == "prm-eval":
+            from cdra_ray.sft.prm_eval import run_prm_eval
+
+            print(run_prm_eval(load_config(args.config, args.overrides)))
         elif args.command == "train":
             from cdra_ray.train import format_summary, run_training
 
             summary = run_training(load_config(args.config, args.overrides))
             print("\n== CDPA run finished ==\n" + format_summary(summary))
-    except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
+    except (ConfigError, ScenarioDataError, SFTDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

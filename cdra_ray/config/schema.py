@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from cdra_ray.config.sft import SFTConfig
+
 DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
 
 
@@ -139,3 +141,4 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
