@@ -20,7 +20,7 @@ Each system runs in its own process, one after the other; per update, the wall t
 consecutive updates (the first ``--warmup`` updates also fill the pipeline and are not counted):
     prompts/s = prompts per update / s per update;  generated tokens/s = completion tokens per update / s.
 
-``trl:malloc`` runs TRL with the glibc ``MALLOC_*`` settings cdra_ray gives its actors (``wiring.MALLOC_ENV``:
+``trl:malloc`` runs TRL with the glibc ``MALLOC_*`` settings cdra_ray gives its actors (``environment.MALLOC_ENV``:
 freed activations stay in the heap), so that gain is not credited to cdra_ray alone: the ratios compare
 against the faster of the TRL runs.
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from cdra_ray.actors.wiring import MALLOC_ENV  # noqa: E402
+from cdra_ray.actors.environment import MALLOC_ENV  # noqa: E402
 
 TARGET_OVER_TRL = 1.5
 RULE_KIND = "bench_rule"

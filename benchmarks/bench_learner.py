@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from cdra_ray.actors.wiring import MALLOC_ENV  # noqa: E402
+from cdra_ray.actors.environment import MALLOC_ENV  # noqa: E402
 
 TARGET_PEAK_SHARE = 0.5
 
@@ -173,7 +173,7 @@ def shared_prompt_tokens(batch, micro_batch_size: int) -> int:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    common.reexec_with(MALLOC_ENV)  # the learner actor's environment (actors/wiring.py), for both variants
+    common.reexec_with(MALLOC_ENV)  # the learner actor's environment (actors/environment.py), for both variants
     common.quiet_logs()
     import torch
 

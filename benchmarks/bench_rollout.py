@@ -7,7 +7,7 @@ interleaved (bare, worker, actor, bare, ...), after warm-up, on the same B scena
 - worker  the plain ``RolloutWorker`` around that same engine, called once per scenario from B threads at once
           (the way the driver streams calls in; its MicroBatcher folds them into one engine call), including
           step segmentation and token->step mapping;
-- actor   the Ray ``RolloutActor`` of ``cdra_ray/actors/wiring.py`` (its own process and engine, same threads),
+- actor   the Ray ``RolloutActor`` of ``cdra_ray/actors/shells.py`` (its own process and engine, same threads),
           called with B ``generate_group.remote`` calls at once; adds pickling and the object store.
 tokens/s = generated tokens (EOS included) / wall seconds. Lengths differ a little between variants (sampling),
 which tokens/s accounts for.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from cdra_ray.actors.wiring import MALLOC_ENV  # noqa: E402
+from cdra_ray.actors.environment import MALLOC_ENV  # noqa: E402
 
 TARGET_ACTOR_OVER_BARE = 0.9
 
@@ -73,7 +73,9 @@ def child(args) -> None:
     import ray
 
     from cdra_ray.actors.rollout_worker import RolloutWorker
-    from cdra_ray.actors.wiring import EngineSpec, RolloutActor, actor_env
+    from cdra_ray.actors.constructors import EngineSpec
+    from cdra_ray.actors.environment import actor_env
+    from cdra_ray.actors.shells import RolloutActor
     from cdra_ray.data.prompts import render_prompt_ids
     from cdra_ray.data.scenarios import load_scenarios
     from cdra_ray.engines.base import SamplingSettings
@@ -147,7 +149,7 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             results[kind] = common.run_child(
                 [__file__, "--_child", kind, *passthrough],
-                # the actor's process gets wiring.actor_env (MALLOC_* included): the bare engine's process too
+                # the actor's process gets environment.actor_env (MALLOC_* included): the bare engine's process too
                 env=common.child_env({"OMP_NUM_THREADS": str(args.threads), **MALLOC_ENV}),
                 log_path=Path(tmp) / f"{kind}.log")
             print(f"[rollout] {kind}: done in {time.perf_counter() - start:.0f} s", file=sys.stderr)

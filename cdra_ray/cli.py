@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p = sub.add_parser("check-data", help="validate a JSONL file of (preference, query) scenarios")
     p.add_argument("path", help="JSONL path or builtin:NAME")
+    p.add_argument("--max-field-chars", type=int, default=None,
+                   help="longest accepted preference/query/id text (default: data.max_field_chars of the schema)")
     p = sub.add_parser("ablate", help="run reward-model ablation presets (configs/ablations/) with equal budgets "
                                       "and write one comparison table")
     p.add_argument("items", nargs="*", help="preset names (default: all six Table 3 rows) and key=value overrides")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_yaml(load_config(args.config, args.overrides)))
         elif args.command == "check-data":
-            scenarios = load_scenarios(args.path)
+            scenarios = load_scenarios(args.path, max_field_chars=args.max_field_chars)
             print(f"{args.path}: {len(scenarios)} valid scenarios")
         elif args.command == "prepare-model":
             from cdra_ray.models.embedded import resolve_model

@@ -73,7 +73,8 @@ def init_ray(config: Config) -> None:
 
 def build_run(config: Config):
     """Everything of a run up to the first update: returns ``(driver, actors)``; ``driver.run()`` trains."""
-    scenarios = load_scenarios(config.data.path, config.data.max_scenarios)
+    scenarios = load_scenarios(config.data.path, config.data.max_scenarios,
+                               max_field_chars=config.data.max_field_chars)
     run_dir = prepare_run_dir(config)
     save_resolved(config, run_dir)
     policy_dir, reference_dir, reward_dir = resolve_model_dirs(config)

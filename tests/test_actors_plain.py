@@ -136,7 +136,8 @@ def test_nccl_weight_sync_is_rejected_on_cpu():
 
 
 def test_wiring_builds_engine_options_and_actor_environments():
-    from cdra_ray.actors.wiring import actor_env, engine_options
+    from cdra_ray.actors.constructors import engine_options
+    from cdra_ray.actors.environment import actor_env
     from cdra_ray.config import load_config
 
     config = load_config("paper_qwen7b_4gpu", ["rollout.weight_sync=nccl"])
@@ -157,7 +158,7 @@ def test_wiring_builds_engine_options_and_actor_environments():
 
 
 def test_openai_judge_options_come_from_the_reward_config():
-    from cdra_ray.actors.wiring import engine_options
+    from cdra_ray.actors.constructors import engine_options
     from cdra_ray.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="reward.base_url"):
@@ -173,7 +174,7 @@ def test_openai_judge_options_come_from_the_reward_config():
 def test_every_reward_kind_gets_options_its_constructor_accepts(kind):
     import inspect
 
-    from cdra_ray.actors.wiring import reward_model_options
+    from cdra_ray.actors.constructors import reward_model_options
     from cdra_ray.config import load_config
     from cdra_ray.rewards import REWARD_MODELS
 

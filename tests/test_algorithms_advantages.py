@@ -307,6 +307,24 @@ def test_bad_name_option_eps():
                                                                       [0.0, 0.0]], dtype=torch.float64)))
 
 
+@pytest.mark.parametrize("name", ["grpo", "cdpa", "process_future"])
+def test_rewards_whose_spread_overflows_raise_instead_of_zero_advantages(name):
+    sm = torch.ones(2, 1, dtype=torch.bool)
+    ts = torch.zeros(2, 3, dtype=torch.long)
+    tm = torch.ones(2, 3, dtype=torch.bool)
+    # Two rewards +-a: mean 0, unbiased var (a^2 + a^2) / 1 = 2a^2, std a*sqrt(2), A = +-1/sqrt(2) for any a.
+    # a = 6e153: 2a^2 = 7.2e307 still fits in float64 (max ~1.8e308) ...
+    fits = torch.tensor([[6e153], [-6e153]], dtype=torch.float64)
+    adv = compute_advantages(name, fits, sm, ts, tm)
+    assert adv[:, 0].tolist() == [_approx(1 / math.sqrt(2)), _approx(-1 / math.sqrt(2))]
+    # ... a = 1e155: 2a^2 = 2e310 overflows to inf, and (x - mean) / inf would make every advantage 0.
+    with pytest.raises(ValueError, match="too large to normalize"):
+        compute_advantages(name, torch.tensor([[1e155], [-1e155]], dtype=torch.float64), sm, ts, tm)
+    # Equal huge rewards are still a constant set: exactly 0, no error.
+    same = compute_advantages(name, torch.tensor([[1e308], [1e308]], dtype=torch.float64), sm, ts, tm)
+    assert same.abs().max().item() == 0.0
+
+
 def test_zero_advantage_rate_bad_input():
     with pytest.raises(ValueError, match="no groups"):
         zero_advantage_rate([], [])

@@ -31,6 +31,8 @@ from cdra_ray.algorithms.scores import parse_final_score, parse_judge_answer, pa
         ("SCORE: -7.5", -1.0),  # clamped to low = -1
         ("SCORE: 0.2\nOn reflection... SCORE: 0.6", 0.6),  # the LAST well-formed score counts
         ("SCORE: 0.3 then SCORE: 0.8.5", 0.3),  # the last one is malformed -> skipped, the earlier one counts
+        ("SCORE: 0.4 then SCORE: 80%", 0.4),
+        ('FINAL\n"score": 0.3 ... SCORE: -0.2', -0.2),  # a FINAL before quotes and a line break is still FINAL
     ],
 )
 def test_step_score_variants(text, expected):
@@ -51,6 +53,11 @@ def test_step_score_variants(text, expected):
         "SCORE: 0.7 - 0.89",  # a range, not a value
         "SCORE: nan",
         "SCORE: inf",
+        "SCORE: 80%",  # a percentage is not a value on [-1, 1] (clamping 80 to 1.0 would reward a confused judge)
+        "SCORE: 0.5 %",
+        "SCORE: \u0660.\u0668",  # digits of another script (Arabic-Indic 0.8)
+        "SCORE: \uff18",  # full-width 8
+        "SCORE: 0.8\u0663",  # a digit of another script glued on
         "SCORE:\n\n0.5",  # two line breaks: not the score line anymore
         "PRESCORE: 0.5",
         "FINAL SCORE: 85",  # a holistic score is not a step score
@@ -86,6 +93,8 @@ def test_step_score_custom_range_and_first():
         ("final_score: 40", 40.0),
         ("FINAL SCORE: 120", 100.0),  # clamped
         ("FINAL SCORE: 10\nrevised FINAL SCORE: 70", 70.0),  # last
+        ("FINAL SCORE: 85%", 85.0),  # the 0-100 scale is a percentage
+        ("FINAL SCORE: 90 then FINAL SCORE: 85/1e3", 90.0),  # the malformed last one is skipped
     ],
 )
 def test_final_score_variants(text, expected):
@@ -93,7 +102,9 @@ def test_final_score_variants(text, expected):
 
 
 @pytest.mark.parametrize("text", ["FINAL SCORE: 1e3", "FINAL SCORE: 5/0", "FINAL SCORE: [0-100]", "SCORE: 85",
-                                  "FINAL SCORE: 85.5.5", ""])
+                                  "FINAL SCORE: 85.5.5", "",
+                                  "FINAL SCORE: 85/1e3",  # a malformed denominator is skipped, not clamped to 100
+                                  "FINAL SCORE: 85/", "FINAL SCORE: 85 out of ten", "FINAL SCORE: 85%/10"])
 def test_final_score_none(text):
     assert parse_final_score(text) is None
 

@@ -1,6 +1,6 @@
 """RolloutWorker: samples G responses per scenario from the current policy and cuts them into steps.
 
-A plain class (testable without Ray); ``cdra_ray.actors.wiring`` runs it as a threaded Ray actor. Calls for
+A plain class (testable without Ray); ``cdra_ray.actors.shells`` runs it as a threaded Ray actor. Calls for
 single scenarios arrive as groups stream through the driver; a :class:`MicroBatcher` folds concurrent calls
 into one engine call. Every group is tagged with the policy version whose weights sampled it, and weights
 are only ever swapped while no batch is generating (the batcher's engine lock).

@@ -80,6 +80,9 @@ def masked_normalize(values: torch.Tensor, mask: torch.Tensor, eps: float, dim=N
     vmax = torch.where(mask, x, torch.full_like(x, -torch.inf)).amax(dim=reduce_dims, keepdim=True)
     vmin = torch.where(mask, x, torch.full_like(x, torch.inf)).amin(dim=reduce_dims, keepdim=True)
     constant = (vmax == vmin) | (count <= 1)
+    if (~constant & ~(torch.isfinite(mean) & torch.isfinite(std))).any():  # an inf std would give all-zero output
+        raise ValueError(f"values too large to normalize: their mean or standard deviation overflowed "
+                         f"{values.dtype} (largest |value| {x.abs().max().item():.3g})")
     out = torch.where(constant, torch.zeros_like(x), centered / (std + eps))
     return torch.where(mask, out, torch.zeros_like(out))
 

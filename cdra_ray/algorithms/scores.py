@@ -7,11 +7,13 @@ silent number.
 
 Well-formed numbers
 -------------------
-A plain decimal: optional sign (``+``, ``-`` or the Unicode minus ``−``), digits with an optional fraction, or a
-bare fraction (``.8``). Sentence punctuation right after it is fine (``SCORE: 0.8.`` is 0.8). NOT well-formed,
+A plain decimal: optional sign (``+``, ``-`` or the Unicode minus ``−``), ASCII digits with an optional fraction,
+or a bare fraction (``.8``). Sentence punctuation right after it is fine (``SCORE: 0.8.`` is 0.8). NOT well-formed,
 and therefore skipped as if absent (an earlier well-formed score, if any, counts): more number after it
-(``0.8.5``, ``1e9``, ``1E-3``, ``0x1``, ``0,8``), letters glued to it (``0.8abc``), a fraction (``8/10``), a
-range (``0.7 - 0.89``, ``[0-100]``), a template placeholder (``[your_score]``), ``nan``/``inf``. Scientific
+(``0.8.5``, ``1e9``, ``1E-3``, ``0x1``, ``0,8``), letters or digits of any script glued to it (``0.8abc``,
+``0.8٣``), digits of other scripts (``٠.٨``, ``８``), a fraction (``8/10``), a percentage (``SCORE: 80%``: a
+percentage is not a value on [-1, 1], and clamping 80 to 1.0 would reward a confused judge), a range
+(``0.7 - 0.89``, ``[0-100]``), a template placeholder (``[your_score]``), ``nan``/``inf``. Scientific
 notation is rejected on purpose: a judge that writes ``1e9`` on a [-1, 1] scale is malfunctioning, and
 clamping that to 1.0 would reward it. Between ``SCORE:`` and the number: spaces, at most one line break,
 markdown emphasis and one opening ``[`` or ``(``.
@@ -30,32 +32,51 @@ import re
 
 __all__ = ["parse_step_score", "parse_final_score", "parse_judge_answer"]
 
-_NOT_RANGE = r"(?![ \t]*[-\u2013][ \t]*\.?\d)"  # "0.7 - 0.89" / "[0-100]" is a range (template), not a value
-# A decimal that is not followed by more number-like text. "." may follow (end of sentence) unless a digit
-# follows it; e/E, x, "," + digit, "/" and letters/underscore disqualify the match.
-_NUMBER = r"(?P<number>[-+\u2212]?(?:\d+(?:\.\d*)?|\.\d+))(?![\d.]*\d)(?![eExX_/]|[A-Za-z]|,\d)" + _NOT_RANGE
-_EMPH = r"(?:\*{1,2}|_{1,2})?"
+# Every pattern below runs in time linear in the text: each run of spaces is matched possessively (``*+``) and is
+# followed by a non-space, so no run can be split between two quantifiers (chained optional ``[ \t]*`` made the
+# old patterns polynomial: ~25 s for "SCORE:" + 300 spaces), and every digit run is possessive too.
+_WS = r"[ \t]*+"
+_NOT_RANGE = r"(?!" + _WS + r"[-\u2013]" + _WS + r"\.?[0-9])"  # "0.7 - 0.89" / "[0-100]" is a range, not a value
+_DECIMAL = r"(?P<number>[-+\u2212]?(?:[0-9]++(?:\.[0-9]*+)?|\.[0-9]++))"
+# A decimal that is not followed by more number-like text: "." may follow (end of sentence) unless a digit
+# follows it; a letter or digit of any script, "_", "," + digit disqualify the match.
+_NUMBER_END = r"(?![0-9.]*[0-9])(?!\w|,[0-9])"
+# A step score: also "/" (a fraction) and "%" (a percentage is not a value on [-1, 1]) disqualify it.
+_NUMBER = _DECIMAL + _NUMBER_END + r"(?!" + _WS + r"[/%])" + _NOT_RANGE
+_EMPH = r"(?:(?:\*{1,2}|_{1,2})" + _WS + r")?"  # "**" / "__" and the spaces after it
 # Between the delimiter and the number: spaces, at most one line break, "**", one "[" or "(".
-_OPEN = r"[ \t]*(?:\r?\n[ \t]*)?" + _EMPH + r"[ \t]*[\[(]?[ \t]*" + _EMPH + r"[ \t]*"
+_OPEN = _WS + r"(?:\r?\n" + _WS + r")?" + _EMPH + r"(?:[\[(]" + _WS + r")?" + _EMPH
 
 # "SCORE" as a word (also JSON "score"; "FINAL SCORE" is filtered out afterwards), then ":" or "="
 # (emphasis may wrap either side).
-_STEP_SCORE = re.compile(
-    r"(?<![A-Za-z])[\"']?score[\"']?" + r"[ \t]*" + _EMPH + r"[ \t]*[:=]" + _OPEN + _NUMBER,
-    re.IGNORECASE,
-)
-# "FINAL SCORE" then ":" or "=", number, optional "/100" (or "/ 100", "out of 100").
+_STEP_SCORE = re.compile(r"(?<![A-Za-z])[\"']?score[\"']?" + _WS + _EMPH + r"[:=]" + _OPEN + _NUMBER, re.IGNORECASE)
+# "FINAL SCORE" then ":" or "=", number, then one of: "/100" ("/ 100", "out of 100", a well-formed denominator),
+# "%" (the 0-100 scale is a percentage), or nothing of the kind ("85/1e3" and "85 out of ten" are malformed).
+_OUT_OF = r"(?:/|out[ \t]++of(?![A-Za-z]))"
 _FINAL_SCORE = re.compile(
-    r"(?<![A-Za-z])final[ \t_]*score[ \t]*" + _EMPH + r"[ \t]*[:=]" + _OPEN
-    + r"(?P<number>[-+\u2212]?(?:\d+(?:\.\d*)?|\.\d+))(?![\d.]*\d)(?![eExX_]|[A-Za-z]|,\d)" + _NOT_RANGE
-    + r"(?P<outof>[ \t]*(?:/[ \t]*|out[ \t]+of[ \t]+)(?P<denominator>\d+(?:\.\d+)?))?",
+    r"(?<![A-Za-z])final[ \t_]*+score" + _WS + _EMPH + r"[:=]" + _OPEN + _DECIMAL + _NUMBER_END + _NOT_RANGE
+    + r"(?:(?P<outof>" + _WS + _OUT_OF + _WS + r"(?P<denominator>[0-9]++(?:\.[0-9]++)?)" + _NUMBER_END
+    + r"(?!" + _WS + r"[/%]))"
+    + r"|" + _WS + r"%(?!" + _WS + r"(?:" + _OUT_OF + r"|%))"
+    + r"|(?!" + _WS + r"(?:" + _OUT_OF + r"|%)))",
     re.IGNORECASE,
 )
-_FINAL_BEFORE = re.compile(r"final[\s_*\"']*\Z", re.IGNORECASE)  # text before a "score" that makes it "FINAL SCORE"
 # <answer>Yes</answer>; tolerates [Yes], "Yes.", and a missing closing tag at the very end (stop strings).
 _ANSWER = re.compile(
-    r"<answer>\s*\[?\s*(?P<word>yes|no)\s*\]?\s*[.!]?\s*(?:</answer>|$)", re.IGNORECASE
+    r"<answer>\s*+\[?\s*+(?P<word>yes|no)\s*+\]?\s*+[.!]?\s*+(?:</answer>|$)", re.IGNORECASE
 )
+_FINAL_GAP = frozenset("_*\"'")  # besides whitespace, what may stand between "FINAL" and "SCORE"
+
+
+def _after_final(text: str, start: int) -> bool:
+    """Whether ``text[:start]`` ends with "final" plus spaces/emphasis/quotes (then the score is a FINAL SCORE).
+
+    A backward scan over the gap only: linear overall, where a regex search of the whole prefix per match is not.
+    """
+    j = start
+    while j > 0 and (text[j - 1].isspace() or text[j - 1] in _FINAL_GAP):
+        j -= 1
+    return text[max(j - 5, 0):j].lower() == "final"
 
 
 def _check_range(low: float, high: float) -> None:
@@ -85,7 +106,7 @@ def parse_step_score(text: str, low: float = -1.0, high: float = 1.0, *, which: 
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
     _check_range(low, high)
-    matches = [m for m in _STEP_SCORE.finditer(text) if not _FINAL_BEFORE.search(text, 0, m.start())]
+    matches = [m for m in _STEP_SCORE.finditer(text) if not _after_final(text, m.start())]
     match = _pick(matches, which)
     if match is None:
         return None
@@ -96,8 +117,10 @@ def parse_final_score(text: str, low: float = 0.0, high: float = 100.0, *, which
     """The last well-formed ``FINAL SCORE: x`` (0-100 holistic score, paper Fig. 13), clamped; None if none.
 
     Accepted: ``FINAL SCORE: 85``, ``**FINAL SCORE:** 85``, ``Final Score: [85]``, ``FINAL SCORE: 85/100``,
-    ``FINAL SCORE: 85 out of 100``. A denominator other than 100 (``8.5/10``) is rescaled to 0-100; a zero
-    denominator makes the match malformed. The paper's code has no such parser (construction code not released).
+    ``FINAL SCORE: 85 out of 100``, ``FINAL SCORE: 85%`` (the 0-100 scale is a percentage). A denominator other
+    than 100 (``8.5/10``) is rescaled to 0-100; a zero or malformed denominator (``85/1e3``, ``85 out of ten``)
+    makes the match malformed (skipped), never clamped to a maximum. The paper's code has no such parser
+    (construction code not released).
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")

@@ -28,6 +28,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     max_scenarios: Optional[int] = None  # use only the first N lines (after validation)
+    max_field_chars: int = 20_000  # longer preference/query/id texts are an error naming the line
 
 
 @dataclass
@@ -117,7 +118,9 @@ class TrainConfig:
     total_updates: int = 400  # the paper reports the best checkpoint within 400 steps
     groups_per_update: int = 1  # B: groups per learner update
     max_staleness: int = 0  # policy versions a group may lag; 0 = synchronous, on-policy
-    save_every: int = 0  # HF checkpoint + resume state every N updates; 0 = only at the end
+    save_every: int = 50  # HF checkpoint + resume state every N updates (and at the end); 0 = not by count
+    save_every_minutes: float = 10.0  # ... and whenever this long has passed since the last one; 0 = not by time
+    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk; 0 = keep all
     seed: int = 0
 
 
@@ -129,6 +132,7 @@ class RunConfig:
     ray_address: Optional[str] = None  # None = start a local Ray runtime (or join RAY_ADDRESS when set)
     tensorboard: bool = True
     progress_bar: bool = True
+    max_actor_restarts: int = 3  # per rollout/reward/reference actor; one more death stops the run, naming it
 
 
 @dataclass

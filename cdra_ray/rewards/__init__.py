@@ -13,7 +13,7 @@ from cdra_ray.rewards.base import (
     outcome_step_score,
     register_reward_model,
 )
-from cdra_ray.rewards import genrm, prm, rubric_rm, scalar_rm, tts  # noqa: F401  (register the variants)
+from cdra_ray.rewards import genrm, prm, rubric_rm, rule, scalar_rm, tts  # noqa: F401  (register the variants)
 from cdra_ray.rewards.pers_genprm import PersGenPRM
 
 __all__ = [

@@ -107,7 +107,7 @@ class RewardOutput:
         return [sum(s.score for s in scores) for scores in self.step_scores]
 
     def attach(self, group: Group) -> Group:
-        """Store the scores on the group (the message the learner receives); checks they fit its responses."""
+        """``group`` with these scores (the message the learner receives); checks they fit its responses."""
         if len(self.step_scores) != group.size:
             raise ValueError(
                 f"RewardOutput has scores for {len(self.step_scores)} responses but group "
@@ -120,13 +120,13 @@ class RewardOutput:
                         f"StepScore span ({s.start}, {s.end}) of response {i} in group {group.scenario.uid!r} "
                         f"lies outside its text of {len(sample.response_text)} characters"
                     )
+        token_steps = group.token_steps
         if group.token_steps and group.step_spans:
             # tokens follow the spans that were actually scored (an outcome reward scores one span per response)
             from cdra_ray.rewards.span_align import align_group_token_steps
 
-            group.token_steps = align_group_token_steps(group, self.step_scores)
-        group.step_scores = self.step_scores
-        return group
+            token_steps = align_group_token_steps(group, self.step_scores)
+        return group.with_scores(self.step_scores, token_steps)
 
 
 def outcome_step_score(response_text: str, score: float, critique: str = "", parsed: bool = True) -> StepScore:

@@ -1,0 +1,113 @@
+"""The Ray actors of a run: thin shells over the plain role classes.
+
+Each shell builds its heavy objects (engine, model, DeepSpeed) inside the actor process and then *is* the plain
+class, so the methods the driver calls are exactly the ones tested without Ray.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import ray
+
+from cdra_ray.actors.reference_service import ReferenceService
+from cdra_ray.actors.reward_service import RewardService
+from cdra_ray.actors.rollout_worker import RolloutWorker
+from cdra_ray.actors.shared_weights import pack_weights
+
+
+class Incarnation:
+    """A token drawn when the actor's process starts: the driver tells a restarted actor from a live one by it."""
+
+    def incarnation(self) -> str:
+        if not hasattr(self, "_incarnation"):  # drawn on first ask: a restarted actor is a new instance
+            self._incarnation = uuid.uuid4().hex
+        return self._incarnation
+
+
+@ray.remote
+class RolloutActor(RolloutWorker, Incarnation):
+    def __init__(self, spec, worker_options: dict):
+        super().__init__(spec.build(), **worker_options)
+
+
+@ray.remote
+class RewardActor(RewardService, Incarnation):
+    def __init__(self, spec, kind: str, model_options: dict):
+        from cdra_ray.rewards import REWARD_MODELS, create_reward_model
+
+        if getattr(REWARD_MODELS[kind], "needs_engine", True):  # judges generate text through an engine
+            model = create_reward_model(kind, engine=spec.build(), **model_options)
+        else:  # classification-head reward models load their own model
+            model = create_reward_model(kind, model_dir=spec.model_dir, **model_options)
+        super().__init__(model)
+
+
+@ray.remote
+class ReferenceActor(ReferenceService, Incarnation):
+    def __init__(self, model_dir: str, options: dict):
+        from cdra_ray.learner.reference import ReferencePolicy
+
+        super().__init__(ReferencePolicy(model_dir, **options))
+
+
+@ray.remote
+class LearnerActor(Incarnation):
+    """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
+
+    def __init__(self, settings):
+        from cdra_ray.learner.learner import Learner
+
+        self.learner = Learner(settings)
+
+    def train_on_groups(self, groups):
+        return self.learner.train_on_groups(groups)
+
+    def export_weights(self):
+        # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
+        return pack_weights(self.learner.export_weights(copy=False).items())
+
+    def save_policy(self, path: str):
+        from cdra_ray.driver.checkpointing import write_policy
+
+        return write_policy(self.learner, Path(path))
+
+    def save_state(self, path: str):
+        from cdra_ray.driver.checkpointing import write_learner_state
+
+        return write_learner_state(self.learner, Path(path))
+
+    def load_state(self, path: str) -> int:
+        from cdra_ray.driver.checkpointing import read_learner_state
+
+        return read_learner_state(self.learner, Path(path))
+
+    def sequence_logprobs(self, prompt_ids, continuation_ids):
+        """The learner's own log-probs of a fixed continuation (to check that a weight sync really landed)."""
+        import torch
+
+        from cdra_ray.learner.logprobs import token_logprobs
+
+        ids = torch.tensor([list(prompt_ids) + list(continuation_ids)], device=self.learner.device)
+        with torch.no_grad():
+            logits = self.learner.model(input_ids=ids).logits
+        logprobs = token_logprobs(logits[:, :-1], ids[:, 1:])[0]
+        return logprobs[len(prompt_ids) - 1:].tolist()
+
+    def policy_version(self) -> int:
+        return self.learner.policy_version
+
+    def connect_weight_sync(self, workers: list, world_sizes: list[int], master_port: int) -> None:
+        """GPU path: join one NCCL group with every rollout engine's workers (rank 0 = this learner)."""
+        import torch
+
+        from cdra_ray.actors.publishers import RayActorSyncClient
+        from cdra_ray.learner.weight_sync_gpu import NcclWeightSync
+
+        self.sync = NcclWeightSync([RayActorSyncClient(w) for w in workers], world_sizes,
+                                   master_address=ray.util.get_node_ip_address(), master_port=master_port)
+        self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
+
+    def broadcast_weights(self, policy_version: int) -> None:
+        self.sync.send(policy_version)
