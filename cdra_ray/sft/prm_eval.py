@@ -64,12 +64,10 @@ def score_paths(job: dict) -> None:
     """Child process: build the engine + PersGenPRM, score the job's paths chunk by chunk, append the rows."""
     from tqdm import tqdm
 
-    from cdra_ray.engines.factory import create_engine
+    from cdra_ray.actors.constructors import EngineSpec
     from cdra_ray.rewards import create_reward_model
 
-    critic = create_reward_model("pers_genprm", engine=create_engine(job["engine"], job["model_dir"],
-                                                                     **job["engine_options"]),
-                                 **job["reward_options"])
+    critic = create_reward_model("pers_genprm", engine=EngineSpec(**job["engine"]).build(), **job["reward_options"])
     paths = job["paths"]
     with open(job["out"], "a", encoding="utf-8") as out:
         for start in tqdm(range(0, len(paths), CHUNK_PATHS), desc=f"prm-eval {job['label']}", unit="chunk"):
@@ -107,7 +105,8 @@ def _read_rows(path: Path) -> list[dict]:
 
 def run_prm_eval(config: Config) -> Path:
     """Score every critic on the held-out paths (resumable) and write ``prm_eval.{json,md}``; returns the dir."""
-    from cdra_ray.actors.wiring import actor_env, engine_options, reward_model_options
+    from cdra_ray.actors.constructors import reward_engine_spec, reward_model_options
+    from cdra_ray.actors.environment import actor_env
     from cdra_ray.sft.run import sft_output_dir
     from cdra_ray.train import resolve_model_setting
 
@@ -117,8 +116,6 @@ def run_prm_eval(config: Config) -> Path:
                                                                      score_mode=mode))
     reward_options = {**reward_model_options(scoring), "parse_rate_floor": 0.0, "max_steps": None}
     w = config.reward
-    options = engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb, max_model_len=w.max_model_len,
-                             dtype=w.dtype, block_size=w.kv_block_size)
     report_dir = sft_output_dir(config, "prm") / "prm_eval"
     report_dir.mkdir(parents=True, exist_ok=True)
     reports = {}
@@ -128,7 +125,7 @@ def run_prm_eval(config: Config) -> Path:
         done = {row["path_id"] for row in _read_rows(out)}
         todo = [p for p in paths if p["path_id"] not in done]
         if todo:
-            job = {"label": label, "engine": w.engine, "model_dir": model_dir, "engine_options": options,
+            job = {"label": label, "engine": dataclasses.asdict(reward_engine_spec(config, model_dir)),
                    "reward_options": reward_options, "paths": todo, "out": str(out)}
             job_file = report_dir / f"job_{label}.json"
             job_file.write_text(json.dumps(job))
