@@ -5,8 +5,9 @@ reward model (:class:`cdra_ray.rewards.PersGenPRM`) on the configured engine (``
 ``reward.score_mode`` unless ``sft.eval_score_mode``), one group per path with the path's steps as the scored
 spans, so step j is judged from exactly the prompt the reward service sends. Each critic runs in its own process
 (one vLLM engine per process) and appends its predictions to ``predictions_<label>.jsonl`` as chunks of paths
-finish; a rerun skips what is there. The report (:mod:`cdra_ray.sft.critic_metrics`) goes to ``prm_eval.json``
-and ``prm_eval.md`` in ``<sft output dir of prm>/prm_eval``.
+finish; a rerun skips what is there (delete the directory to score a retrained critic again). The report
+(:mod:`cdra_ray.sft.critic_metrics`) goes to ``prm_eval.json`` and ``prm_eval.md`` in
+``<sft output dir of prm>/prm_eval/<score mode>``.
 
     cdra-ray prm-eval --config sft_cpu_demo                      # base critic vs <output>/final
     cdra-ray prm-eval --config sft_cpu_demo 'sft.eval_models=[base=/m/a,sft=/m/b]'
@@ -116,7 +117,7 @@ def run_prm_eval(config: Config) -> Path:
                                                                      score_mode=mode))
     reward_options = {**reward_model_options(scoring), "parse_rate_floor": 0.0, "max_steps": None}
     w = config.reward
-    report_dir = sft_output_dir(config, "prm") / "prm_eval"
+    report_dir = sft_output_dir(config, "prm") / "prm_eval" / mode
     report_dir.mkdir(parents=True, exist_ok=True)
     reports = {}
     for label, setting in eval_models(config):
