@@ -131,6 +131,8 @@ def run_prm_eval(config: Config) -> Path:
             job_file = report_dir / f"job_{label}.json"
             job_file.write_text(json.dumps(job))
             env = {**os.environ, **actor_env(w.num_cpus, w.engine, w.kv_cache_gb, config.learner.device)}
+            package_root = str(Path(__file__).resolve().parents[2])  # the child imports this same cdra_ray
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
             result = subprocess.run([sys.executable, "-m", "cdra_ray.sft.prm_eval", str(job_file)], env=env)
             if result.returncode != 0:
                 raise RuntimeError(f"prm-eval: scoring with {label}={model_dir} failed (exit {result.returncode})")
