@@ -93,6 +93,8 @@ def test_data_defaults_to_the_construct_output_then_the_sample(tmp_path):
 
 def test_config_checks_name_the_sft_key():
     assert load_config("sft_tiny_test").sft.max_steps == 4
+    demo = load_config("sft_cpu_demo")
+    assert (demo.sft.task, demo.reward.kind, demo.reward.model) == ("prm", "pers_genprm", "smollm2-135m-instruct")
     with pytest.raises(ConfigError, match=r"sft.task='dpo'"):
         load_config(None, ["sft.task=dpo"])
     with pytest.raises(ConfigError, match=r"sft.lora_r=8: LoRA is supported with zero_stage 0-2"):
