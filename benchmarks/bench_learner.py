@@ -20,7 +20,7 @@ how fast an update goes. Attention score FLOPs (about 10% more at these lengths)
 recompute are not counted, so the utilisation is a slight underestimate. The plain "6 x params x tokens"
 figure is in the JSON too (``flops_simple``), for comparison.
 
-Target (issue 5): learner >= 50% of the machine's fp32 matmul peak.
+Target: learner >= 50% of the machine's fp32 matmul peak.
 
     python benchmarks/bench_learner.py                      # SmolLM2-135M, G=5, 192 prompt + 192 response
     python benchmarks/bench_learner.py --model tiny --response-tokens 64   # seconds, for a smoke check

@@ -22,7 +22,7 @@ Both sides share one engine and its settings (dtype, KV block size, prefix cachi
 reuses the rubric and the earlier steps it has already read. What the service adds is batching across steps,
 responses and groups (decode runs B x G x steps sequences at once) and the prompt layout's shared prefixes.
 
-Target (issue 5): reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
+Target: reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
 
     python benchmarks/bench_reward_service.py                   # B = 1, 3, 6 groups x G=5, 48-token critiques
     python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1

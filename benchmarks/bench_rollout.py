@@ -12,7 +12,7 @@ interleaved (bare, worker, actor, bare, ...), after warm-up, on the same B scena
 tokens/s = generated tokens (EOS included) / wall seconds. Lengths differ a little between variants (sampling),
 which tokens/s accounts for.
 
-Target (issue 5): rollout actor >= 0.9 x the bare engine's tokens/s.
+Target: rollout actor >= 0.9 x the bare engine's tokens/s.
 
     python benchmarks/bench_rollout.py                        # vllm and hf, SmolLM2, 4 scenarios x G=5, 64 tokens
     python benchmarks/bench_rollout.py --engines hf --max-new-tokens 16 --repeats 1

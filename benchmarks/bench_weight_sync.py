@@ -17,7 +17,7 @@ Per size and transport, after warm-up, the median of the repeats of:
     total   = export + load  (what the synchronous driver waits for)
 
 Sizes: tiny Llamas built locally (hidden x layers, the 512-token test vocabulary) and SmolLM2-135M.
-No target in issue 5 for this one: the figure to watch is the fraction of an update it costs (see
+No target for this one: the figure to watch is the fraction of an update it costs (see
 bench_phases.py) and the effective GB/s.
 
     python benchmarks/bench_weight_sync.py                       # h64x2, h256x4, h512x8, smollm2
@@ -77,7 +77,7 @@ def measure_size(model_dir: Path, args) -> dict:
     rollout = RolloutActor.options(num_cpus=1, max_concurrency=4,
                                    runtime_env={"env_vars": actor_env(args.threads, args.engine, 1)}
                                    ).remote(spec, {"group_size": 1})
-    settings = LearnerSettings(model_dir=str(model_dir), num_threads=args.threads, zero_stage=0)
+    settings = LearnerSettings(model_dir=str(model_dir), num_threads=args.threads, zero_stage=0, beta=0.0)
     learner = LearnerActor.options(num_cpus=1, runtime_env={"env_vars": actor_env(args.threads)}).remote(settings)
     ray.get([rollout.__ray_ready__.remote(), learner.__ray_ready__.remote()])
     try:
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
         f"(median of {args.repeats}, {args.threads} threads per actor)"))
     payload = {"engine": args.engine, "threads": args.threads, "sizes": results, "machine": common.machine_info()}
     common.print_report(table, "weight_sync", payload,
-                        ["no target in issue 5; compare total s/update with the update time in bench_phases.py",
+                        ["no target; compare total s/update with the update time in bench_phases.py",
                          "x tensors = total s of the tensors transport / total s of this one"])
     return payload
 

@@ -13,8 +13,8 @@ The table (built by the pure :func:`comparison_rows`) has per run: reward statis
 step scores, response return, first-half vs second-half trend), the zero-advantage rate (mean over updates of the
 share of groups whose advantages are all zero, ``advantage/zero_rate``), seconds per update (the driver's own
 phases: wait + learn + weight_sync + checkpoint), the reward model's seconds per update, the run-level parse rate
-(``n/a`` for score-head models, which parse nothing) and the number of defaulted scores. Evaluation metrics join
-as extra columns once the evaluation issue lands (``extra=``).
+(``n/a`` for score-head models, which parse nothing) and the number of defaulted scores. Other metrics (e.g. an
+evaluation's) join as extra columns (``extra=``).
 """
 
 from __future__ import annotations

@@ -44,8 +44,29 @@ def _worker(engine, **kwargs):
     return RolloutWorker(engine, group_size=3, max_new_tokens=32, max_wait_s=0.0, **kwargs)
 
 
-def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version():
+class FakeClock:
+    """Stands in for a module's ``time``: ``perf_counter`` reads a clock the test advances by hand."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version(monkeypatch):
+    import cdra_ray.actors.rollout_worker as rollout_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(rollout_module, "time", clock)
     engine = ScriptedEngine()
+    original = engine.generate
+
+    def generate_for_2_5_seconds(prompts, settings):
+        clock.now += 2.5
+        return original(prompts, settings)
+
+    engine.generate = generate_for_2_5_seconds
     worker = _worker(engine)
     group = worker.generate_group(Scenario("u1", "I avoid spicy food.", "What should I cook?"))
     assert group.size == 3 and group.policy_version == 0
@@ -56,7 +77,7 @@ def test_rollout_worker_returns_segmented_groups_tagged_with_the_policy_version(
     steps = group.token_steps[0]
     assert len(steps) == len(group.samples[0].response_token_ids)
     assert steps == sorted(steps) and set(steps) == {0, 1}
-    assert group.timings["generate"] >= 0.0
+    assert group.timings["generate"] == 2.5  # the engine call's duration, all of it this group's
     assert worker.load_weights({"w": 1}, policy_version=4) == 4
     assert engine.loaded == [{"w": 1}]
     assert worker.generate_group(Scenario("u2", "p", "q", index=1)).policy_version == 4
@@ -89,8 +110,11 @@ def test_weight_load_waits_for_a_running_batch():
     engine.generate = slow_generate
     t = threading.Thread(target=worker.generate_group, args=(Scenario("u", "p", "q"),))
     t.start()
-    while not order:
-        pass
+    for _ in range(500):  # until the batch is generating (at most ~5 s)
+        if order:
+            break
+        threading.Event().wait(0.01)
+    assert order == ["generate-start"], "the batch never started generating"
     loader = threading.Thread(target=lambda: (worker.load_weights({}, 1), order.append("loaded")))
     loader.start()
     gate.set()
@@ -105,12 +129,22 @@ class ConstantReward:
                              RewardMetrics(requests=2, parsed_constrained=2)) for g in groups]
 
 
-def test_reward_service_attaches_scores_and_accumulates_metrics():
+def test_reward_service_attaches_scores_and_accumulates_metrics(monkeypatch):
+    import cdra_ray.actors.reward_service as reward_module
+
     group = _worker(ScriptedEngine()).generate_group(Scenario("u", "p", "q"))
-    service = RewardService(ConstantReward(), max_wait_s=0.0)
+    clock = FakeClock()
+    monkeypatch.setattr(reward_module, "time", clock)
+
+    class SlowConstantReward(ConstantReward):
+        def score_groups(self, groups):
+            clock.now += 1.5
+            return super().score_groups(groups)
+
+    service = RewardService(SlowConstantReward(), max_wait_s=0.0)
     scored = service.score_group(group)
     assert [len(s) for s in scored.step_scores] == [2, 2, 2]
-    assert scored.timings["reward"] >= 0.0
+    assert scored.timings["reward"] == 1.5
     metrics = service.metrics()
     assert metrics["reward/requests"] == 2.0 and metrics["reward/parse_rate"] == 1.0
 
@@ -142,14 +176,14 @@ def test_wiring_builds_engine_options_and_actor_environments():
 
     config = load_config("paper_qwen7b_4gpu", ["rollout.weight_sync=nccl"])
     gpu = engine_options("vllm", config, kv_cache_gb=2, max_model_len=4096, weight_sync="nccl")
-    assert gpu["weight_transfer_config"] == {"backend": "nccl"} and gpu["worker_extension_cls"].endswith("Extension")
-    assert gpu["tensor_parallel_size"] == 1 and gpu["dtype"] == "bfloat16"
+    assert gpu.weight_transfer_config == {"backend": "nccl"} and gpu.worker_extension_cls.endswith("Extension")
+    assert gpu.tensor_parallel_size == 1 and gpu.dtype == "bfloat16"
     cpu = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048)
-    assert "weight_transfer_config" not in cpu and cpu["dtype"] == "float32"  # model.dtype
+    assert "weight_transfer_config" not in cpu.keywords() and cpu.dtype == "float32"  # model.dtype
     assert engine_options("hf", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048,
-                          dtype="bfloat16")["dtype"] == "bfloat16"  # reward.dtype overrides it
+                          dtype="bfloat16").dtype == "bfloat16"  # reward.dtype overrides it
     judge = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048, block_size=32)
-    assert judge["block_size"] == 32 and "block_size" not in cpu
+    assert judge.keywords()["block_size"] == 32 and "block_size" not in cpu.keywords()
     env = actor_env(2.0, "vllm", 2.0, "cpu")
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
@@ -166,18 +200,23 @@ def test_openai_judge_options_come_from_the_reward_config():
     config = load_config("cpu_demo", ["reward.engine=openai", "reward.base_url=http://127.0.0.1:9/v1",
                                       "reward.served_model=judge", "reward.max_retries=5"])
     options = engine_options("openai", config, kv_cache_gb=2, max_model_len=4096)
-    assert options["base_url"] == "http://127.0.0.1:9/v1" and options["model"] == "judge"
-    assert options["max_retries"] == 5 and options["api_key_env"] == "OPENAI_API_KEY"
+    assert options.base_url == "http://127.0.0.1:9/v1" and options.model == "judge"
+    assert options.max_retries == 5 and options.api_key_env == "OPENAI_API_KEY"
 
 
-@pytest.mark.parametrize("kind", ["pers_genprm", "genrm", "rubric_rm", "tts", "scalar_rm", "prm"])
+@pytest.mark.parametrize("kind", ["pers_genprm", "genrm", "rubric_rm", "tts", "scalar_rm", "prm", "rule"])
 def test_every_reward_kind_gets_options_its_constructor_accepts(kind):
     import inspect
 
-    from cdra_ray.actors.constructors import reward_model_options
+    from cdra_ray.actors.constructors import reward_model
     from cdra_ray.config import load_config
-    from cdra_ray.rewards import REWARD_MODELS
+    from cdra_ray.registry import options_dict
 
-    options = reward_model_options(load_config("cpu_demo", [f"reward.kind={kind}"]))
-    accepted = inspect.signature(REWARD_MODELS[kind]).parameters
-    assert set(options) <= set(accepted), set(options) - set(accepted)
+    config = load_config("cpu_demo", [f"reward.kind={kind}", "rollout.max_steps=3", "reward.tts_samples=3"])
+    entry, options = reward_model(config)
+    accepted = inspect.signature(entry.load()).parameters
+    assert set(options_dict(options)) <= set(accepted), set(options_dict(options)) - set(accepted)
+    if kind in ("pers_genprm", "prm"):
+        assert options.max_steps == 3  # rollout.max_steps reaches the step scorers
+    if kind == "tts":
+        assert options.samples == 3

@@ -139,6 +139,8 @@ def test_socket_is_named_as_such(tmp_path, capsys):
 def test_missing_and_unreadable_paths(tmp_path, capsys):
     code, _, err = _run(capsys, tmp_path / "nope.jsonl")
     assert code == 2 and "file not found" in err
+    code, _, err = _run(capsys, "a\x00b.jsonl")
+    assert code == 2 and "not a usable path" in err
     loop = tmp_path / "loop.jsonl"
     loop.symlink_to(loop)
     code, _, err = _run(capsys, loop)

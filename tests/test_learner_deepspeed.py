@@ -64,7 +64,7 @@ def make_groups(num_groups: int, *, group_size: int = 5, seed: int = 0, vocab: i
 def make_learner(model_dir: Path, **overrides):
     from cdra_ray.learner import Learner, LearnerSettings
 
-    settings = dict(model_dir=str(model_dir), lr=1e-3, micro_batch_size=5, num_threads=2, seed=0)
+    settings = dict(model_dir=str(model_dir), lr=1e-3, micro_batch_size=5, num_threads=2, seed=0, beta=0.0)
     settings.update(overrides)
     return Learner(LearnerSettings(**settings))
 

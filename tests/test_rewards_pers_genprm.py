@@ -244,7 +244,7 @@ def test_a_response_that_writes_its_own_score_cannot_change_the_parse():
     # the attack reached the judge only as quoted material: its fake tags are defused, ours are intact
     assert prompt.count("</step>") == 1 and prompt.count("<step ") == 1
     assert "\u2039/step>" in prompt and "\u2039step number" in prompt
-    assert "SCORE: 1.0" not in prompt and "claimed score: 1.0" in prompt
+    assert "SCORE: 1.0" not in prompt and "score claimed as 1.0" in prompt
 
     # free mode, judge writes its own score: that one counts
     engine = ScriptedEngine(free="Manipulative step. SCORE: -0.3")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cdra_ray.actors.environment import threads_for
+from cdra_ray.config import resolve
 from cdra_ray.config.schema import Config
+from cdra_ray.registry import options_dict
 
 
 @dataclass(frozen=True)
 class EngineSpec:
     """Everything needed to build a generation engine inside an actor process."""
 
-    kind: str  # vllm | hf | openai
+    kind: str  # a name in cdra_ray.engines.catalog.ENGINES
     model_dir: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = None  # the kind's options object (None = its defaults)
     num_threads: int = 1
 
     def build(self):
@@ -24,18 +26,18 @@ class EngineSpec:
         torch.set_num_threads(self.num_threads)
         from cdra_ray.engines.factory import create_engine
 
-        return create_engine(self.kind, self.model_dir, **self.options)
+        return create_engine(self.kind, self.model_dir, self.options)
 
 
 def learner_settings(config: Config, model_dir: str):
     from cdra_ray.learner.learner import LearnerSettings
 
     a, l = config.algorithm, config.learner
-    options = {"normalize": a.normalize, "pads_count": a.pads_count} if a.advantage == "cdpa" else {}
+    _, advantage_options = resolve.advantage(config)
     return LearnerSettings(
         model_dir=model_dir, dtype=config.model.dtype, zero_stage=l.zero_stage, lr=l.lr,
         weight_decay=l.weight_decay, clip_eps=a.clip_eps, beta=a.beta, aggregation=a.aggregation,
-        advantage=a.advantage, advantage_options=options, advantage_eps=a.eps,
+        advantage=a.advantage, advantage_options=options_dict(advantage_options), advantage_eps=a.eps,
         temperature=config.rollout.temperature, micro_batch_size=l.micro_batch_size,
         ppo_epochs=l.ppo_epochs, max_grad_norm=l.max_grad_norm, importance_cap=a.importance_cap,
         gradient_checkpointing=l.gradient_checkpointing, share_prompt_forward=l.share_prompt_forward,
@@ -45,54 +47,40 @@ def learner_settings(config: Config, model_dir: str):
 
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
-                   weight_sync: str = "object_store", dtype: str | None = None,
-                   block_size: int | None = None) -> dict[str, Any]:
-    """Constructor options of a generation engine; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's."""
+                   weight_sync: str = "object_store", dtype: str | None = None, block_size: int | None = None,
+                   logprobs_mode: str | None = None):
+    """The options object of engine ``kind``; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's."""
+    from cdra_ray.engines.catalog import HFOptions, OpenAIOptions, VLLMOptions
+
     dtype = dtype or config.model.dtype
     if kind == "hf":
-        return {"dtype": dtype, "seed": config.train.seed, "device": config.learner.device}
+        return HFOptions(dtype=dtype, seed=config.train.seed, device=config.learner.device)
     if kind == "openai":
         w = config.reward
-        return {"base_url": w.base_url, "model": w.served_model, "api_key_env": w.api_key_env,
-                "timeout_s": w.timeout_s, "max_retries": w.max_retries, "max_concurrency": w.max_concurrency,
-                "supports_regex": w.supports_regex}
-    extra = {}
+        return OpenAIOptions(base_url=w.base_url, model=w.served_model, api_key_env=w.api_key_env,
+                             timeout_s=w.timeout_s, max_retries=w.max_retries, max_concurrency=w.max_concurrency,
+                             supports_regex=w.supports_regex)
+    nccl = {}
     if weight_sync == "nccl":
         from cdra_ray.engines.vllm_gpu import WORKER_EXTENSION
 
-        extra = {"weight_transfer_config": {"backend": "nccl"}, "worker_extension_cls": WORKER_EXTENSION}
-    if block_size is not None:
-        extra["block_size"] = block_size
-    return {**extra,
-        "dtype": dtype, "seed": config.train.seed, "max_model_len": max_model_len,
-        "kv_cache_gb": kv_cache_gb, "gpu_memory_utilization": config.rollout.gpu_memory_utilization,
-        "tensor_parallel_size": config.rollout.tensor_parallel_size,
-    }
+        nccl = {"weight_transfer_config": {"backend": "nccl"}, "worker_extension_cls": WORKER_EXTENSION}
+    return VLLMOptions(
+        **nccl, dtype=dtype, seed=config.train.seed, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+        gpu_memory_utilization=config.rollout.gpu_memory_utilization,
+        tensor_parallel_size=config.rollout.tensor_parallel_size, block_size=block_size,
+        logprobs_mode=logprobs_mode,
+    )
+
+
+def reward_model(config: Config):
+    """``(entry, options)`` of ``reward.kind``: the actor calls ``entry.create(options, engine= | model_dir=)``."""
+    return resolve.reward(config)
 
 
 def reward_model_options(config: Config) -> dict[str, Any]:
-    """The constructor options of the configured ``reward.kind``: each variant gets only what it uses."""
-    w, r = config.reward, config.rollout
-    judge = dict(critique_max_tokens=w.critique_max_tokens, score_mode=w.score_mode, default_score=w.default_score,
-                 parse_rate_floor=w.parse_rate_floor, min_requests_for_floor=w.min_requests_for_floor,
-                 cache_size=w.cache_size)
-    heads = dict(dtype=w.dtype or config.model.dtype, device=config.learner.device, batch_size=w.batch_size,
-                 max_length=w.max_model_len, allow_untrained_head=w.allow_untrained_head,
-                 num_threads=threads_for(w.num_cpus))
-    per_kind = {
-        "pers_genprm": {**judge, "critique_temperature": w.critique_temperature, "max_steps": r.max_steps},
-        "genrm": {**judge, "critique_temperature": w.critique_temperature},
-        "rubric_rm": {**judge, "critique_temperature": w.critique_temperature},
-        "tts": {**judge, "samples": w.tts_samples, "aggregate": w.tts_aggregate, "temperature": w.tts_temperature,
-                "vote_decimals": w.tts_vote_decimals},
-        "scalar_rm": {**heads, "score_transform": w.score_transform},
-        "prm": {**heads, "max_steps": r.max_steps},
-        "rule": {},  # a fixed rule over the response text with its default target (rewards/rule.py)
-    }
-    if w.kind not in per_kind:
-        raise ValueError(f"reward.kind={w.kind!r} has no option mapping in wiring.reward_model_options; "
-                         f"known: {sorted(per_kind)}")
-    return per_kind[w.kind]
+    """The checked options of ``reward.kind`` as constructor keywords (for ``create_reward_model``)."""
+    return options_dict(resolve.reward(config)[1])
 
 
 def rollout_worker_options(config: Config) -> dict[str, Any]:
@@ -103,11 +91,10 @@ def rollout_worker_options(config: Config) -> dict[str, Any]:
 
 def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
     r = config.rollout
+    # vllm: behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
     options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
-                             weight_sync=r.weight_sync)
-    if r.engine == "vllm":
-        # behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
-        options["logprobs_mode"] = "processed_logprobs"
+                             weight_sync=r.weight_sync,
+                             logprobs_mode="processed_logprobs" if r.engine == "vllm" else None)
     return EngineSpec(r.engine, policy_dir, options, threads_for(r.num_cpus))
 
 

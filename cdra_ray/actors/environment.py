@@ -10,8 +10,9 @@ import os
 # memory in the heap for the next step. Set for every actor; the demo's peak memory did not change.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(16 << 30), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
 
-# passed through from the driver's environment to every actor when set
-INHERITED_VARIABLES = ("HF_HOME", "CDRA_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE")
+# passed through from the driver's environment to every actor when set (the last three: cdra_ray.logs)
+INHERITED_VARIABLES = ("HF_HOME", "CDRA_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "HF_HUB_OFFLINE",
+                       "CDRA_RAY_LOG_DIR", "CDRA_RAY_LOG_LEVEL", "VLLM_LOGGING_LEVEL")
 
 
 def threads_for(num_cpus: float) -> int:

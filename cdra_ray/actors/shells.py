@@ -6,7 +6,6 @@ class, so the methods the driver calls are exactly the ones tested without Ray.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import ray
@@ -15,48 +14,43 @@ from cdra_ray.actors.reference_service import ReferenceService
 from cdra_ray.actors.reward_service import RewardService
 from cdra_ray.actors.rollout_worker import RolloutWorker
 from cdra_ray.actors.shared_weights import pack_weights
-
-
-class Incarnation:
-    """A token drawn when the actor's process starts: the driver tells a restarted actor from a live one by it."""
-
-    def incarnation(self) -> str:
-        if not hasattr(self, "_incarnation"):  # drawn on first ask: a restarted actor is a new instance
-            self._incarnation = uuid.uuid4().hex
-        return self._incarnation
+from cdra_ray.logs import configure_actor_logs
 
 
 @ray.remote
-class RolloutActor(RolloutWorker, Incarnation):
+class RolloutActor(RolloutWorker):
     def __init__(self, spec, worker_options: dict):
+        configure_actor_logs("rollout")
         super().__init__(spec.build(), **worker_options)
 
 
 @ray.remote
-class RewardActor(RewardService, Incarnation):
-    def __init__(self, spec, kind: str, model_options: dict):
-        from cdra_ray.rewards import REWARD_MODELS, create_reward_model
-
-        if getattr(REWARD_MODELS[kind], "needs_engine", True):  # judges generate text through an engine
-            model = create_reward_model(kind, engine=spec.build(), **model_options)
-        else:  # classification-head reward models load their own model
-            model = create_reward_model(kind, model_dir=spec.model_dir, **model_options)
+class RewardActor(RewardService):
+    def __init__(self, spec, entry, options):
+        # entry: the reward kind's registry entry (cdra_ray.registry.Entry), options: its checked options
+        configure_actor_logs("reward")
+        if entry.traits.get("needs_engine", True):  # judges generate text through an engine
+            model = entry.create(options, engine=spec.build())
+        else:  # classification heads and rules load what they need from the model directory
+            model = entry.create(options, model_dir=spec.model_dir)
         super().__init__(model)
 
 
 @ray.remote
-class ReferenceActor(ReferenceService, Incarnation):
+class ReferenceActor(ReferenceService):
     def __init__(self, model_dir: str, options: dict):
+        configure_actor_logs("reference")
         from cdra_ray.learner.reference import ReferencePolicy
 
         super().__init__(ReferencePolicy(model_dir, **options))
 
 
 @ray.remote
-class LearnerActor(Incarnation):
+class LearnerActor:
     """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
 
     def __init__(self, settings):
+        configure_actor_logs("learner")
         from cdra_ray.learner.learner import Learner
 
         self.learner = Learner(settings)
@@ -68,20 +62,14 @@ class LearnerActor(Incarnation):
         # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
         return pack_weights(self.learner.export_weights(copy=False).items())
 
-    def save_policy(self, path: str):
-        from cdra_ray.driver.checkpointing import write_policy
-
-        return write_policy(self.learner, Path(path))
+    def save_checkpoint(self, path: str):
+        return self.learner.save_checkpoint(Path(path))
 
     def save_state(self, path: str):
-        from cdra_ray.driver.checkpointing import write_learner_state
+        return self.learner.save_state(Path(path))
 
-        return write_learner_state(self.learner, Path(path))
-
-    def load_state(self, path: str) -> int:
-        from cdra_ray.driver.checkpointing import read_learner_state
-
-        return read_learner_state(self.learner, Path(path))
+    def load_state(self, path: str):
+        return self.learner.load_state(Path(path))
 
     def sequence_logprobs(self, prompt_ids, continuation_ids):
         """The learner's own log-probs of a fixed continuation (to check that a weight sync really landed)."""

@@ -18,7 +18,7 @@ Conventions shared by every estimator
 - Computation is in float64; the result has ``step_rewards``' dtype.
 - A group needs at least 2 responses (G = 1 has no baseline and is rejected as a configuration error).
 
-Estimators (paper Eq. 3 and App. D; ``../DESIGN.md`` §3)::
+Estimators (paper Eq. 3 and App. D)::
 
     grpo            A_i,t = (R_i - mean_i R) / (std_i R + eps),  R_i = sum_j r_i^j  (one step: the outcome)
     process_future  A_i,t = sum_{j >= step(i,t)} (r_i^j - mu_R) / (sigma_R + eps), mu/sigma over all steps
@@ -27,16 +27,20 @@ Estimators (paper Eq. 3 and App. D; ``../DESIGN.md`` §3)::
                     normalize="pooled":   mu, sigma over all tokens of the group
 
 Adding an estimator: decorate ``fn(step_rewards, step_mask, token_steps, token_mask, *, eps, <options>)`` with
-``@register_advantage_estimator("name")``. It receives validated float64 rewards with masked entries set to 0
-and token_steps with masked entries set to 0; its keyword-only parameters are its options.
+``@register_advantage_estimator("name", OptionsClass)`` (the options class defaults to one made from the
+keyword-only parameters). It receives validated float64 rewards with masked entries set to 0 and token_steps with
+masked entries set to 0. The names and option classes of the built-in estimators are in :mod:`.catalog`
+(torch-free, so a config is checked without importing torch).
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
+
+from cdra_ray.algorithms.catalog import ADVANTAGES, CdpaOptions, GrpoOptions
+from cdra_ray.registry import options_dict, options_from_signature
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -46,16 +50,16 @@ __all__ = [
     "masked_normalize",
 ]
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
+ADVANTAGE_ESTIMATORS = ADVANTAGES  # name -> (options class, estimator)
 
 
-def register_advantage_estimator(name: str):
+def register_advantage_estimator(name: str, options: type | None = None):
     """Decorator adding an estimator under ``name`` (a duplicate name is an error)."""
 
     def decorator(fn):
-        if name in ADVANTAGE_ESTIMATORS:
+        if name in ADVANTAGES:
             raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
+        ADVANTAGES.register(name, options or options_from_signature(fn), fn)
         return fn
 
     return decorator
@@ -93,8 +97,8 @@ def _token_rewards(step_rewards: torch.Tensor, token_steps: torch.Tensor) -> tor
 
 
 # ----------------------------------------------------------------------------------------------- estimators
-@register_advantage_estimator("grpo")
-def grpo_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: float, scale: bool = True):
+def grpo_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: float,
+                    scale: bool = GrpoOptions.scale):
     """Outcome supervision: the group-normalized response reward, broadcast over the response's tokens.
 
     Paper's text (App. D, OS): ``(r_i - mu_r) / (sigma_r + delta)`` with one reward per response. Departure:
@@ -114,7 +118,6 @@ def grpo_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: fl
     return adv[:, None].expand_as(token_steps).to(step_rewards.dtype)
 
 
-@register_advantage_estimator("process_future")
 def process_future_advantages(step_rewards, step_mask, token_steps, token_mask, *, eps: float):
     """Process supervision (paper App. D, PS; DeepSeekMath): sum of the normalized rewards of this and later steps.
 
@@ -127,7 +130,6 @@ def process_future_advantages(step_rewards, step_mask, token_steps, token_mask, 
     return future.gather(1, token_steps)
 
 
-@register_advantage_estimator("cdpa")
 def cdpa_advantages(
     step_rewards,
     step_mask,
@@ -135,8 +137,8 @@ def cdpa_advantages(
     token_mask,
     *,
     eps: float,
-    normalize: str = "position",
-    pads_count: bool = False,
+    normalize: str = CdpaOptions.normalize,
+    pads_count: bool = CdpaOptions.pads_count,
 ):
     """CDPA (paper Eq. 3): each token carries its step's reward, normalized across the group.
 
@@ -149,10 +151,7 @@ def cdpa_advantages(
     ``normalize="pooled"``: one mu, sigma over all tokens of the group (longer responses weigh more); not in the
     paper. ``pads_count`` applies to ``position`` only.
     """
-    if normalize not in ("position", "pooled"):
-        raise ValueError(f"normalize must be 'position' or 'pooled', got {normalize!r}")
-    if pads_count and normalize != "position":
-        raise ValueError("pads_count=True is only defined for normalize='position' (the paper code's mode)")
+    CdpaOptions(normalize, pads_count)  # checks them
     zero = torch.zeros((), dtype=step_rewards.dtype, device=step_rewards.device)
     rewards = torch.where(token_mask, _token_rewards(step_rewards, token_steps), zero)
     if normalize == "pooled":
@@ -169,11 +168,6 @@ def _as_bool(name: str, x: torch.Tensor) -> torch.Tensor:
     if x.is_complex() or not ((x == 0) | (x == 1)).all():
         raise ValueError(f"{name} must be a bool (or 0/1) mask, got values outside {{0, 1}} (dtype {x.dtype})")
     return x.to(torch.bool)
-
-
-def _options_of(fn) -> set[str]:
-    params = inspect.signature(fn).parameters.values()
-    return {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "eps"}
 
 
 def compute_advantages(
@@ -196,14 +190,10 @@ def compute_advantages(
     either); an unparsed step score is never turned into 0 here (the paper's code does that silently; the reward
     service applies its counted default before this point); each estimator's docstring lists the rest.
     """
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; valid: {sorted(ADVANTAGE_ESTIMATORS)}")
-    fn = ADVANTAGE_ESTIMATORS[name]
-    unknown = set(options) - _options_of(fn)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for advantage estimator {name!r}; valid: {sorted(_options_of(fn))}"
-        )
+    if name not in ADVANTAGES:
+        raise ValueError(f"unknown advantage estimator {name!r}; valid: {ADVANTAGES.names()}")
+    entry = ADVANTAGES.entry(name)
+    checked = ADVANTAGES.options(name, options, key="algorithm")
     for arg, value in (("step_rewards", step_rewards), ("step_mask", step_mask), ("token_steps", token_steps),
                        ("token_mask", token_mask)):
         if not isinstance(value, torch.Tensor):
@@ -252,7 +242,7 @@ def compute_advantages(
 
     rewards64 = torch.where(step_mask, step_rewards.to(torch.float64), torch.zeros((), dtype=torch.float64,
                                                                                    device=step_rewards.device))
-    adv = fn(rewards64, step_mask, steps, token_mask, eps=float(eps), **options)
+    adv = entry.load()(rewards64, step_mask, steps, token_mask, eps=float(eps), **options_dict(checked))
     adv = torch.where(token_mask, adv.to(torch.float64), torch.zeros_like(adv, dtype=torch.float64))
     if not torch.isfinite(adv).all():
         raise ValueError("step_rewards are too large: the advantages overflowed")

@@ -32,9 +32,9 @@ import math
 
 import torch
 
-__all__ = ["AGGREGATIONS", "cdpa_policy_loss", "aggregate"]
+from cdra_ray.algorithms.catalog import AGGREGATIONS
 
-AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean")
+__all__ = ["AGGREGATIONS", "cdpa_policy_loss", "aggregate"]
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
@@ -51,7 +51,7 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: str) -> 
         return (values.sum(dim=1) / lengths).mean()
     if aggregation == "token-mean":
         return values.sum() / mask.sum().clamp(min=1).to(values.dtype)
-    raise ValueError(f"unknown aggregation {aggregation!r}; valid: {list(AGGREGATIONS)}")
+    raise ValueError(f"unknown aggregation {aggregation!r}; valid: {AGGREGATIONS.names()}")
 
 
 def _check_finite(name: str, x: torch.Tensor, mask: torch.Tensor) -> None:
@@ -122,7 +122,7 @@ def cdpa_policy_loss(
     clip_high = clip_low if clip_eps_high is None else _number("clip_eps_high", clip_eps_high, strict=True)
     beta = _number("beta", beta)
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {list(AGGREGATIONS)}")
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {AGGREGATIONS.names()}")
     if beta > 0 and ref_logprobs is None:
         raise ValueError("ref_logprobs is required when beta > 0")
     if importance_cap is not None:

@@ -5,13 +5,17 @@ Errors name the offending key (and the file it came from), so a typo never silen
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cdra_ray.config import resolve
 from cdra_ray.config.schema import Config
+from cdra_ray.registry import RegistryError
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -32,57 +36,90 @@ def resolve_preset(name_or_path: str) -> Path:
     raise ConfigError(f"config {name_or_path!r}: no such file, and not a preset in {PRESET_DIR} (presets: {known})")
 
 
-def _merge(base, other, source: str):
+def _merge(base, other, source: str, dotted: str | None = None):
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{source}: invalid key or value at {key!r}: {err.msg if hasattr(err, 'msg') else err}") from None
+        key = getattr(err, "full_key", None) or dotted or _failing_key(base, other) or "?"
+        msg = getattr(err, "msg", None) or str(err)
+        raise ConfigError(f"{source}: invalid key or value at {key!r}: {msg.splitlines()[0]}") from None
+
+
+def _failing_key(base, other) -> str | None:
+    """The top-level key of ``other`` whose merge fails (OmegaConf names none when a whole section is wrong)."""
+    if not isinstance(other, DictConfig):
+        return None
+    for key in other:
+        try:
+            OmegaConf.merge(base, {key: other[key]})
+        except OmegaConfBaseException:
+            return str(key)
+    return None
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # YAML syntax errors carry the line
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, rollout:, ...), "
+                          f"got a {type(loaded).__name__.replace('Config', '').lower()}")
+    return loaded
 
 
 def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- preset YAML <- overrides; returns a validated, plain (non-OmegaConf) :class:`Config`."""
     cfg = OmegaConf.structured(Config)
+    sources = []
     if preset:
         path = resolve_preset(preset)
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # YAML syntax errors carry the line
-            raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = _merge(cfg, _load_yaml(path), str(path))
+        sources.append(str(path))
     for item in overrides:
-        if "=" not in item:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value (e.g. train.total_updates=3)")
-        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    config: Config = OmegaConf.to_object(cfg)
-    validate(config)
+        try:
+            other = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override {item!r}: cannot read it: {err}") from None
+        cfg = _merge(cfg, other, f"override {item!r}", key.strip())
+        sources.append(f"override {item!r}")
+    try:
+        config: Config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # e.g. a ${...} interpolation that does not resolve
+        key = getattr(err, "full_key", None) or "?"
+        msg = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+        where = ", ".join(sources) or "defaults"
+        raise ConfigError(f"{key}: cannot resolve its value ({msg}); from {where}") from None
+    try:
+        validate(config)
+    except ConfigError as err:
+        if preset:
+            raise ConfigError(f"{err} (config {resolve_preset(preset)})") from None
+        raise
     return config
 
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "reward.dtype": (None, "float32", "bfloat16", "float16"),
-    "rollout.engine": ("vllm", "hf"),
-    "reward.engine": ("vllm", "hf", "openai"),
-    "reward.score_mode": ("constrained", "free"),
-    "reward.tts_aggregate": ("mean", "vote"),
-    "reward.score_transform": ("identity", "tanh"),
-    "algorithm.normalize": ("position", "pooled"),
-    "algorithm.aggregation": ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean"),
     "learner.device": ("cpu", "cuda"),
     "rollout.weight_sync": ("object_store", "nccl"),
+    "run.log_level": ("debug", "info", "warning", "error"),
 }
 
 _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
-    "rollout.max_model_len", "reward.critique_max_tokens", "learner.micro_batch_size", "learner.ppo_epochs",
-    "train.total_updates", "train.groups_per_update", "rollout.tensor_parallel_size", "reward.tts_samples",
-    "reward.batch_size",
+    "rollout.max_model_len", "learner.micro_batch_size", "learner.ppo_epochs", "train.total_updates",
+    "train.groups_per_update", "rollout.tensor_parallel_size", "learner.lr",
+    "reward.max_model_len", "rollout.kv_cache_gb", "reward.kv_cache_gb", "learner.max_grad_norm",
 )
 _NON_NEGATIVE = (
-    "rollout.temperature", "reward.critique_temperature", "algorithm.clip_eps", "algorithm.beta",
-    "learner.lr", "learner.weight_decay", "train.max_staleness", "train.save_every", "rollout.num_cpus",
-    "rollout.num_gpus", "reward.tts_temperature", "reward.tts_vote_decimals", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus", "learner.num_gpus",
+    "algorithm.eps", "algorithm.beta", "learner.weight_decay", "train.max_staleness", "train.save_every",
+    "rollout.num_cpus", "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus",
+    "learner.num_gpus", "reward.timeout_s", "reward.max_retries", "reward.max_concurrency",
 )
 
 
@@ -91,8 +128,30 @@ def _get(config: Config, dotted: str):
     return getattr(getattr(config, section), name)
 
 
+def _non_finite(node, prefix: str = ""):
+    """Dotted keys of every NaN or infinite float in the config (sections, lists and dicts included)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            yield from _non_finite(getattr(node, f.name), f"{prefix}{f.name}")
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, f"{prefix}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, f"{prefix}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield prefix, node
+
+
 def validate(config: Config) -> None:
-    """Range and choice checks the type system cannot express; raises :class:`ConfigError` naming the key."""
+    """Range and choice checks the type system cannot express; raises :class:`ConfigError` naming the key.
+
+    Named kinds (``algorithm.advantage``, ``algorithm.aggregation``, ``reward.kind``, ``rollout.engine``,
+    ``reward.engine``) and their options are checked through their registries (:mod:`cdra_ray.config.resolve`),
+    which list the valid choices."""
+    for section in dataclasses.fields(config):
+        for key, value in _non_finite(getattr(config, section.name), f"{section.name}."):
+            raise ConfigError(f"{key}={value}: must be a finite number")
     for key, choices in _CHOICES.items():
         if _get(config, key) not in choices:
             raise ConfigError(f"{key}={_get(config, key)!r}: must be one of {list(choices)}")
@@ -102,37 +161,50 @@ def validate(config: Config) -> None:
     for key in _NON_NEGATIVE:
         if _get(config, key) < 0:
             raise ConfigError(f"{key}={_get(config, key)!r}: must be >= 0")
-    if config.reward.kv_block_size is not None and (config.reward.kv_block_size < 16 or
-                                                    config.reward.kv_block_size % 16):
-        raise ConfigError(f"reward.kv_block_size={config.reward.kv_block_size}: must be a multiple of 16 "
+    a, r, w = config.algorithm, config.rollout, config.reward
+    if not 0.0 < a.clip_eps < 1.0:
+        raise ConfigError(f"algorithm.clip_eps={a.clip_eps}: must be in (0, 1)")
+    if config.data.max_scenarios is not None and config.data.max_scenarios < 1:
+        raise ConfigError(f"data.max_scenarios={config.data.max_scenarios}: must be >= 1 or null (all)")
+    if w.kv_block_size is not None and (w.kv_block_size < 16 or w.kv_block_size % 16):
+        raise ConfigError(f"reward.kv_block_size={w.kv_block_size}: must be a multiple of 16 "
                           "(vLLM's CPU backend prefers multiples of 32)")
-    if not 0.0 < config.rollout.top_p <= 1.0:
-        raise ConfigError(f"rollout.top_p={config.rollout.top_p}: must be in (0, 1]")
-    if not 0.0 <= config.reward.parse_rate_floor <= 1.0:
-        raise ConfigError(f"reward.parse_rate_floor={config.reward.parse_rate_floor}: must be in [0, 1]")
-    if config.reward.engine == "openai" and not (config.reward.base_url and config.reward.served_model):
+    if not 0.0 < r.top_p <= 1.0:
+        raise ConfigError(f"rollout.top_p={r.top_p}: must be in (0, 1]")
+    if not 0.0 < r.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization}: must be in (0, 1]")
+    if w.engine == "openai" and not (w.base_url and w.served_model):
         raise ConfigError("reward.engine=openai needs reward.base_url and reward.served_model "
                           "(and reward.model = a local directory with the judge's tokenizer)")
-    from cdra_ray.rewards.base import REWARD_MODELS
-    import cdra_ray.rewards  # noqa: F401  (registers every variant)
-
-    if config.reward.kind not in REWARD_MODELS:
-        raise ConfigError(f"reward.kind={config.reward.kind!r}: must be one of {sorted(REWARD_MODELS)}")
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature={r.temperature}: must be > 0 (the rollout samples "
+                          f"{r.group_size} different responses per prompt; 0 would make them identical)")
+    try:
+        for section in ("rollout", "reward"):
+            resolve.engine(config, section)
+        resolve.aggregation(config)
+        resolve.advantage(config)
+        resolve.reward(config)
+        resolve.check_every_kind(config)  # a bad value of a key the chosen kind does not read is still an error
+    except RegistryError as err:
+        raise ConfigError(str(err)) from None
+    if r.engine == "openai":
+        raise ConfigError("rollout.engine=openai: the policy needs a local engine (vllm or hf); openai is for "
+                          "reward.engine only")
     if config.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage={config.learner.zero_stage}: must be 0, 1, 2 or 3")
-    if config.rollout.group_size < 2:
-        raise ConfigError(f"rollout.group_size={config.rollout.group_size}: group-relative advantages need >= 2")
-    if config.rollout.max_steps is not None and config.rollout.max_steps < 1:
-        raise ConfigError(f"rollout.max_steps={config.rollout.max_steps}: must be >= 1 or null")
-    if config.rollout.weight_sync == "nccl" and (config.learner.device != "cuda" or config.rollout.engine != "vllm"):
+    if r.group_size < 2:
+        raise ConfigError(f"rollout.group_size={r.group_size}: group-relative advantages need >= 2")
+    if r.max_steps is not None and r.max_steps < 1:
+        raise ConfigError(f"rollout.max_steps={r.max_steps}: must be >= 1 or null")
+    if r.weight_sync == "nccl" and (config.learner.device != "cuda" or r.engine != "vllm"):
         raise ConfigError("rollout.weight_sync=nccl needs learner.device=cuda and rollout.engine=vllm (GPU only); "
                           "use object_store on CPU")
-    if (config.algorithm.importance_cap is not None and config.rollout.engine == "hf"
-            and (config.rollout.temperature != 1.0 or config.rollout.top_p != 1.0)):
+    if a.importance_cap is not None and r.engine == "hf" and (r.temperature != 1.0 or r.top_p != 1.0):
         raise ConfigError("algorithm.importance_cap with rollout.engine=hf needs temperature 1 and top_p 1: the hf "
                           "engine reports raw log-probs, not those of the tempered distribution it sampled")
-    if config.algorithm.importance_cap is not None and config.algorithm.importance_cap <= 0:
-        raise ConfigError(f"algorithm.importance_cap={config.algorithm.importance_cap}: must be > 0 or null")
+    if a.importance_cap is not None and a.importance_cap <= 0:
+        raise ConfigError(f"algorithm.importance_cap={a.importance_cap}: must be > 0 or null")
 
 
 def to_yaml(config: Config) -> str:

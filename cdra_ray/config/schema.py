@@ -3,12 +3,18 @@
 YAML presets in ``configs/`` override these defaults and ``key=value`` arguments override the preset
 (``rollout.group_size=5 train.max_staleness=1``). OmegaConf enforces the schema: an unknown key or a value of
 the wrong type is an error naming the key; :func:`validate` then checks ranges and choices.
+
+Settings that belong to one registered kind (an advantage estimator's, a reward kind's) take their defaults from
+that kind's options class (``cdra_ray/*/catalog.py``), so each setting has one default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Dict, Optional
+
+from cdra_ray.algorithms.catalog import CdpaOptions
+from cdra_ray.rewards.catalog import HeadOptions, JudgeOptions, ScalarRMOptions, TTSOptions
 
 from cdra_ray.config.sft import SFTConfig
 
@@ -28,7 +34,6 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     max_scenarios: Optional[int] = None  # use only the first N lines (after validation)
-    max_field_chars: int = 20_000  # longer preference/query/id texts are an error naming the line
 
 
 @dataclass
@@ -52,7 +57,7 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "pers_genprm"  # see cdra_ray.rewards.REWARD_MODELS
+    kind: str = "pers_genprm"  # a name in cdra_ray.rewards.catalog.REWARDS
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
     engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
     dtype: Optional[str] = None  # judge weights; None = model.dtype (a judge's scores need no fp32: bf16 is faster)
@@ -64,22 +69,25 @@ class RewardConfig:
     max_retries: int = 3
     max_concurrency: int = 8
     supports_regex: bool = True  # openai engine: the server takes vLLM's structured_outputs (constrained score)
-    critique_max_tokens: int = 96
-    critique_temperature: float = 0.0
-    score_mode: str = "constrained"  # constrained (score line forced by a regex) | free (parse free text)
-    default_score: float = 0.0  # used, and counted, when no score can be read at all
-    parse_rate_floor: float = 0.95  # stop the run when fewer scores than this are read from the model
-    min_requests_for_floor: int = 20
-    cache_size: int = 100_000
+    # generative judges (pers_genprm, genrm, rubric_rm, tts)
+    critique_max_tokens: int = JudgeOptions.critique_max_tokens
+    critique_temperature: float = JudgeOptions.critique_temperature
+    score_mode: str = JudgeOptions.score_mode  # constrained (score line forced by a regex) | free (parse free text)
+    default_score: float = JudgeOptions.default_score  # used, and counted, when no score can be read at all
+    parse_rate_floor: float = JudgeOptions.parse_rate_floor  # stop the run when fewer scores than this are read
+    min_requests_for_floor: int = JudgeOptions.min_requests_for_floor
+    cache_size: int = JudgeOptions.cache_size
     # tts (test-time scaling of the generative judge): k sampled critiques per response, aggregated
-    tts_samples: int = 4
-    tts_temperature: float = 0.7
-    tts_aggregate: str = "mean"  # mean | vote (majority of scores rounded to tts_vote_decimals)
-    tts_vote_decimals: int = 1
+    tts_samples: int = TTSOptions.samples
+    tts_temperature: float = TTSOptions.temperature
+    tts_aggregate: str = TTSOptions.aggregate  # mean | vote (majority of scores rounded to tts_vote_decimals)
+    tts_vote_decimals: int = TTSOptions.vote_decimals
     # scalar_rm / prm (classification-head reward models, no text generation)
-    batch_size: int = 8
-    allow_untrained_head: bool = False  # refuse a directory whose reward head was never trained
-    score_transform: str = "identity"  # scalar_rm: identity | tanh (squash an unbounded score into [-1, 1])
+    batch_size: int = HeadOptions.batch_size
+    allow_untrained_head: bool = HeadOptions.allow_untrained_head  # refuse a head that was never trained
+    score_transform: str = ScalarRMOptions.score_transform  # scalar_rm: identity | tanh (squash into [-1, 1])
+    # options of reward.kind by name, for a kind the keys above do not cover (e.g. a registered custom kind)
+    options: Dict[str, Any] = field(default_factory=dict)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     kv_cache_gb: float = 2.0
@@ -88,9 +96,10 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = "cdpa"  # see cdra_ray.algorithms.advantages.ADVANTAGE_ESTIMATORS
-    normalize: str = "position"  # cdpa only: position (the paper's Eq. 3) | pooled
-    pads_count: bool = False  # cdpa/position: count zero-padded positions in the statistics (the paper's code)
+    advantage: str = "cdpa"  # a name in cdra_ray.algorithms.catalog.ADVANTAGES
+    normalize: str = CdpaOptions.normalize  # cdpa only: position (the paper's Eq. 3) | pooled
+    pads_count: bool = CdpaOptions.pads_count  # cdpa/position: count zero-padded positions (the paper's code)
+    advantage_options: Dict[str, Any] = field(default_factory=dict)  # other options of the estimator, by name
     eps: float = 1e-6
     clip_eps: float = 0.2
     beta: float = 0.05  # KL coefficient to the reference (the paper's code uses 0.05)
@@ -118,9 +127,7 @@ class TrainConfig:
     total_updates: int = 400  # the paper reports the best checkpoint within 400 steps
     groups_per_update: int = 1  # B: groups per learner update
     max_staleness: int = 0  # policy versions a group may lag; 0 = synchronous, on-policy
-    save_every: int = 50  # HF checkpoint + resume state every N updates (and at the end); 0 = not by count
-    save_every_minutes: float = 10.0  # ... and whenever this long has passed since the last one; 0 = not by time
-    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk; 0 = keep all
+    save_every: int = 0  # HF checkpoint + resume state every N updates; 0 = only at the end
     seed: int = 0
 
 
@@ -132,7 +139,7 @@ class RunConfig:
     ray_address: Optional[str] = None  # None = start a local Ray runtime (or join RAY_ADDRESS when set)
     tensorboard: bool = True
     progress_bar: bool = True
-    max_actor_restarts: int = 3  # per rollout/reward/reference actor; one more death stops the run, naming it
+    log_level: str = "warning"  # terminal: warning (progress bar + warnings) | info | debug (every engine log line)
 
 
 @dataclass

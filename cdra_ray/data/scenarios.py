@@ -57,6 +57,8 @@ def resolve_data_path(path: str) -> Path:
         raise ScenarioDataError(f"data.path={path!r}: file not found") from None
     except OSError as err:
         raise ScenarioDataError(f"data.path={path!r}: cannot access it: {err.strerror}") from None
+    except ValueError as err:  # e.g. an embedded NUL character
+        raise ScenarioDataError(f"data.path={path!r}: not a usable path: {err}") from None
     if not stat.S_ISREG(mode):
         raise ScenarioDataError(f"data.path={path!r}: is {_file_kind(mode)}, not a regular JSONL file")
     return resolved

@@ -1,9 +1,21 @@
-"""Generation backends behind one protocol (:class:`GenerationEngine`): vLLM and plain transformers.
+"""Generation backends behind one protocol (:class:`GenerationEngine`): vLLM, plain transformers, and any
+OpenAI-compatible endpoint.
 
-``create_engine("vllm" | "hf", model_dir, **options)`` picks one; vLLM is imported only by the vLLM modules.
+``create_engine("vllm" | "hf" | "openai", model_dir, **options)`` picks one (names and options in ``catalog.py``,
+torch-free); each backend is imported only when built.
 """
 
-from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
-from cdra_ray.engines.factory import ENGINE_KINDS, create_engine
+from __future__ import annotations
 
-__all__ = ["Completion", "GenerationEngine", "SamplingSettings", "ENGINE_KINDS", "create_engine"]
+from cdra_ray.registry import lazy_exports
+
+_EXPORTS = {
+    "Completion": "cdra_ray.engines.base",
+    "GenerationEngine": "cdra_ray.engines.base",
+    "SamplingSettings": "cdra_ray.engines.base",
+    "ENGINE_KINDS": "cdra_ray.engines.catalog",
+    "create_engine": "cdra_ray.engines.factory",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """The DeepSpeed configuration dict of the learner, built from explicit arguments.
 
-Pure (no DeepSpeed import) so it is unit-testable and the lead can map the run config onto it in one place.
+Pure (no DeepSpeed import), so it is unit-testable and the run config maps onto it in one place.
 Choices that differ from DeepSpeed's defaults, and why:
 
 - Optimizer: ``AdamW`` with ``torch_adam: true``. DeepSpeed's own Adam compiles a C++/CUDA op on first use

@@ -45,14 +45,14 @@ from typing import Any, Iterator
 
 import torch
 
+from cdra_ray.algorithms.catalog import AGGREGATIONS
+from cdra_ray.config.schema import AlgorithmConfig
 from cdra_ray.learner.batch import TrainBatch, build_batch, micro_batches
 from cdra_ray.learner.deepspeed_config import build_deepspeed_config
 from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
 
 log = logging.getLogger(__name__)
-
-AGGREGATIONS = ("seq-mean-token-sum", "seq-mean-token-mean", "token-mean")
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 STATE_TAG = "state"
 
@@ -71,10 +71,10 @@ class LearnerSettings:
     # CDPA loss
     clip_eps: float = 0.2
     clip_eps_high: float | None = None  # DAPO clip-higher; None = clip_eps (symmetric, the paper)
-    beta: float = 0.0  # KL coefficient; > 0 needs ref_logprobs on every group
+    beta: float = AlgorithmConfig.beta  # KL coefficient; > 0 needs ref_logprobs on every group
     aggregation: str = "seq-mean-token-sum"
     importance_cap: float | None = None  # truncated importance weight min(pi_old/pi_behaviour, cap); None = off
-    advantage: str = "cdpa"  # name in cdra_ray.algorithms.advantages.ADVANTAGE_ESTIMATORS
+    advantage: str = "cdpa"  # a name in cdra_ray.algorithms.catalog.ADVANTAGES
     advantage_eps: float = 1e-6
     advantage_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"normalize": "position"}
     temperature: float = 1.0  # the sampling temperature: log-probs are of softmax(logits / temperature)
@@ -99,7 +99,8 @@ class LearnerSettings:
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"LearnerSettings.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+            raise ValueError(f"LearnerSettings.aggregation must be one of {AGGREGATIONS.names()}, "
+                             f"got {self.aggregation!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"LearnerSettings.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):

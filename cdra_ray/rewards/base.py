@@ -6,18 +6,20 @@ themselves. Process rewards (Pers-GenPRM, PRM) give one span per step; an outcom
 judge, rubric) is one span over the whole response (:func:`outcome_step_score`), so every variant feeds every
 advantage estimator unchanged.
 
-Adding a variant: write a class with ``score_groups(groups) -> list[RewardOutput]``, decorate it with
-``@register_reward_model("my_kind")`` and import its module in ``cdra_ray/rewards/__init__.py``; a config then
-selects it with ``reward.kind: my_kind`` through :func:`create_reward_model`.
+Adding a variant: write a class with ``score_groups(groups) -> list[RewardOutput]`` and decorate it with
+``@register_reward_model("my_kind", MyOptions)`` (:mod:`.catalog`); once its module is imported, a config selects
+it with ``reward.kind: my_kind`` and its options come from ``reward.options``. Built-in kinds are listed in the
+catalog, so a config is checked without importing them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 from cdra_ray.messages import Group, StepScore
+from cdra_ray.rewards.catalog import REWARDS, create_reward_model, register_reward_model  # noqa: F401
 
 
 class RewardParseError(RuntimeError):
@@ -143,24 +145,4 @@ class RewardModel(Protocol):
         ...
 
 
-REWARD_MODELS: dict[str, Callable[..., RewardModel]] = {}
-
-
-def register_reward_model(name: str) -> Callable[[type], type]:
-    """Class decorator adding a reward variant to :data:`REWARD_MODELS` under ``name``."""
-
-    def decorate(cls: type) -> type:
-        if name in REWARD_MODELS and REWARD_MODELS[name] is not cls:
-            raise ValueError(f"reward model kind {name!r} is already registered by {REWARD_MODELS[name]!r}")
-        REWARD_MODELS[name] = cls
-        return cls
-
-    return decorate
-
-
-def create_reward_model(kind: str, **kwargs) -> RewardModel:
-    """Build the reward variant registered as ``kind``; unknown kinds fail listing the valid ones."""
-    if kind not in REWARD_MODELS:
-        valid = ", ".join(sorted(REWARD_MODELS)) or "(none registered)"
-        raise ValueError(f"unknown reward kind {kind!r} (reward.kind); valid kinds: {valid}")
-    return REWARD_MODELS[kind](**kwargs)
+REWARD_MODELS = REWARDS  # name -> (options class, implementation); see catalog.py

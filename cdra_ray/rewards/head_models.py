@@ -1,5 +1,5 @@
-"""What ``scalar_rm`` and ``prm`` share: loading an HF model with a score head, and the one rendering of a
-(P, q, response) conversation both score (and a PRM is trained on).
+"""What ``scalar_rm`` and ``prm`` share: loading an HF model with a score head, the one rendering of a
+(P, q, response) conversation both score (and a PRM is trained on), and batched scoring (:class:`HeadRewardModel`).
 
 The input is the chat-rendered conversation ``user: "User preference: P / Question: q"`` then
 ``assistant: response`` (the tokenizer's template; a plain "User:/Assistant:" layout without one). It is rendered
@@ -14,8 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ClassVar, Sequence
 
+from cdra_ray.messages import Group
+from cdra_ray.rewards.base import RewardMetrics, RewardOutput
+from cdra_ray.rewards.catalog import HeadOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.prompts import encode_text, encode_untrusted, slot
 
 HEADS = ("sequence", "token")
@@ -145,3 +148,64 @@ def load_head_model(model_dir: str | Path, head: str, *, dtype: str = "float32",
         model.config.pad_token_id = int(pad)
     model.to(torch.device(device)).eval().requires_grad_(False)
     return model, tokenizer
+
+
+class HeadRewardModel:
+    """A reward model that is an HF model with a one-output score head (``scalar_rm``, ``prm``): loading, the
+    bounds they share, rendering with the length check, and batched forward passes (shortest rows together)."""
+
+    needs_engine: ClassVar[bool] = False  # built with model_dir= (its own model loading)
+    kind: ClassVar[str]  # the reward kind, in messages
+    head: ClassVar[str]  # "sequence" | "token"
+
+    def __init__(self, model_dir: str | Path, *, dtype: str = _D.dtype, device: str = _D.device,
+                 batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 allow_untrained_head: bool = _D.allow_untrained_head, num_threads: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"{self.kind}: batch_size must be >= 1, got {batch_size}")
+        if max_length < 2:
+            raise ValueError(f"{self.kind}: max_length must be >= 2, got {max_length}")
+        self._check_options()
+        if num_threads is not None:
+            import torch
+
+            torch.set_num_threads(int(num_threads))
+        self.model, self.tokenizer = load_head_model(model_dir, self.head, dtype=dtype, device=device,
+                                                     allow_untrained_head=allow_untrained_head, who=self.kind)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.metrics = RewardMetrics()
+
+    def _check_options(self) -> None:
+        """Subclasses check their own options here, before the model loads."""
+
+    def render(self, group: Group, response: int) -> ScoringInput:
+        """The scored conversation of one response; longer than ``max_length`` tokens is an error naming it."""
+        scenario, text = group.scenario, group.samples[response].response_text
+        inp = render_scoring_input(self.tokenizer, scenario.preference, scenario.query, text)
+        if len(inp.input_ids) > self.max_length:
+            raise ValueError(
+                f"{self.kind}: group {scenario.uid!r} response {response} renders to {len(inp.input_ids)} tokens, "
+                f"over max_length={self.max_length} (reward.max_model_len); raise it or shorten the responses"
+            )
+        return inp
+
+    def forward(self, rows: list[list[int]], read: Callable) -> list:
+        """``read(logits_of_row, i)`` for every row ``i``, in input order; rows are batched shortest first."""
+        import torch
+
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out: list = [None] * len(rows)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            ids, mask = pad_right([rows[i] for i in chunk], int(self.model.config.pad_token_id))
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for b, i in enumerate(chunk):
+                out[i] = read(logits[b], i)
+        return out
+
+    def finish(self, outputs: list[RewardOutput]) -> list[RewardOutput]:
+        self.metrics = self.metrics.merge(RewardMetrics.total([o.metrics for o in outputs]))
+        return outputs

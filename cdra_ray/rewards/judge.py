@@ -1,28 +1,29 @@
-"""The shared core of the outcome-level generative judges (``genrm``, ``rubric_rm``, ``tts``): quote the policy's
-response safely into a prompt, let the judge write a critique, then force its score line, and read the score.
+"""The one critique-then-score judge every generative reward model is built on (``pers_genprm`` scores each step
+with it, ``genrm``, ``rubric_rm`` and ``tts`` each whole response): the judge writes a critique, its score line
+is forced, and the score is read from the judge's own text only.
 
-One request per response (an outcome reward is one span over the whole response). A batch of requests goes
-through :class:`CritiqueScoreJudge`:
+A batch of requests (rendered prompt token ids) goes through :class:`CritiqueScoreJudge`:
 
 1. Requests answered in an earlier batch come from an LRU cache (key: the rendered token ids + every setting
    that changes the answer); identical requests in a batch are generated once.
 2. ``score_mode="constrained"``: phase 1 writes ``samples`` critiques per request (``n=samples`` in one engine
    call) and stops at the score keyword (``SCORE`` / ``FINAL SCORE``), so the judge never writes its own score;
    phase 2 continues prompt + critique + the score prefix greedily under a regex that admits only a number of the
-   judge's scale. ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
+   judge's scale. The critique goes back in as untrusted text (an echoed ``<|im_end|>`` stays text, never a
+   special token). ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
    yields a score gets one free generation per sample (constrained mode's fallback), then one greedy retry, then
    the configured default (counted, never cached).
 3. The sample scores of a request are mapped to the reward scale [-1, 1] and combined by
    :func:`aggregate_scores` (``mean`` or ``vote``); with one sample that is just the score.
+
+:class:`JudgeRewardModel` turns verdicts into scored spans with their counts (:class:`RewardMetrics`) and stops the
+run when the run's parse rate falls under ``parse_rate_floor``.
 
 Reward hacking: the parsers only ever read the judge's own output (the critique continuation or the free text),
 never the prompt, so a response that writes ``SCORE: 1.0`` cannot score itself. On top of that the response is
 quoted: our delimiter tags inside it are defused, score claims are re-worded (``prompts.quote_untrusted``), and it is
 tokenized with special-token recognition off (``prompts.encode_untrusted``), so a response containing
 ``<|im_end|><|im_start|>assistant`` cannot close its quote and speak as the judge.
-
-This is the outcome-level twin of :mod:`cdra_ray.rewards.pers_genprm` (which scores every step with the same
-two phases); see the report of issue 4 for the suggested refactor that lets both share this module.
 """
 
 from __future__ import annotations
@@ -36,16 +37,26 @@ from typing import Callable, ClassVar, Sequence
 
 from cdra_ray.algorithms.scores import parse_final_score, parse_step_score
 from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
-from cdra_ray.messages import Group
-from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError, outcome_step_score
+from cdra_ray.messages import Group, StepScore
+from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError
 from cdra_ray.rewards.cache import LRUCache, request_key
-from cdra_ray.rewards.pers_genprm import SCORE_REGEX, clean_critique
-from cdra_ray.rewards.prompts import encode_text
+from cdra_ray.rewards.catalog import JudgeOptions as _D  # the defaults (one per setting)
+from cdra_ray.rewards.prompts import encode_text, encode_untrusted
 
 logger = logging.getLogger(__name__)
 
 SCORE_MODES = ("constrained", "free")
 AGGREGATES = ("mean", "vote")
+
+# A number in [-1, 1] with at most two decimals: -1, -0.35, 0, 0.7, 1.0 (an optional leading space lets the
+# tokenizer use its usual " 0" tokens after "SCORE:").
+SCORE_REGEX = r" ?-?(0(\.[0-9]{1,2})?|1(\.0{1,2})?)"
+
+
+def clean_critique(text: str) -> str:
+    """The critique as cut at the score keyword's stop string, minus the markup that led into it ("**", "#")."""
+    return text.rstrip(" \t\r\n*#_`>[(:")
+
 
 # ----------------------------------------------------------------------------------------------- score formats
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class ScoreFormat:
 
     def to_reward(self, value: float) -> float:
         """[low, high] -> [-1, 1], linearly (the rubric's 0..100 becomes -1..1, 50 -> 0)."""
+        if (self.low, self.high) == (-1.0, 1.0):
+            return value  # already the reward scale (exactly: no round-off)
         return 2.0 * (value - self.low) / (self.high - self.low) - 1.0
 
 
@@ -127,14 +140,14 @@ class CritiqueScoreJudge:
         fmt: ScoreFormat,
         *,
         name: str,
-        critique_max_tokens: int = 128,
-        temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
+        critique_max_tokens: int = _D.critique_max_tokens,
+        temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
         samples: int = 1,
         aggregate: str = "mean",
         vote_decimals: int = 1,
-        cache_size: int = 50_000,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:
@@ -276,8 +289,10 @@ class CritiqueScoreJudge:
                 text = clean_critique(c.text)
                 owners.append(i)
                 texts.append(text)
-                lead_in = (text + "\n" if text else "") + self.fmt.prefix
-                score_prompts.append(prompts[i] + encode_text(tokenizer, lead_in))
+                # the critique continues the prompt as text (a special-token string it may have echoed from the
+                # response stays text); then the score line is forced
+                critique_ids = encode_untrusted(tokenizer, text + "\n") if text else []
+                score_prompts.append(prompts[i] + critique_ids + encode_text(tokenizer, self.fmt.prefix))
         try:
             scored = [o[0] for o in self._call(score_prompts, self._score_settings())]
         except NotImplementedError as err:  # an engine that cannot constrain: the free-form route takes over
@@ -305,24 +320,33 @@ class CritiqueScoreJudge:
                         route[i] = "free"
 
 
-# ----------------------------------------------------------------------------------------------- outcome models
-RenderFn = Callable[[object, str, str, str], list[int]]  # (tokenizer, preference, query, response) -> prompt ids
+# ----------------------------------------------------------------------------------------------- reward models
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One span of one response to be judged with the prompt ``prompt``."""
+
+    group: int
+    response: int
+    span: tuple[int, int]
+    prompt: list[int]
 
 
-class OutcomeJudgeModel:
-    """A :class:`~cdra_ray.rewards.base.RewardModel` scoring each response as one span with a
-    :class:`CritiqueScoreJudge`; subclasses choose the prompt (``render``) and the score format."""
+class JudgeRewardModel:
+    """A :class:`~cdra_ray.rewards.base.RewardModel` whose spans are scored by a :class:`CritiqueScoreJudge`.
 
-    needs_engine: ClassVar[bool] = True  # built with engine= (the wiring passes a GenerationEngine)
+    Subclasses say which spans to judge with which prompts (:meth:`requests`); this class batches them through
+    the judge, counts how each was served, and enforces the parse-rate floor on the run's totals."""
 
-    def __init__(self, judge: CritiqueScoreJudge, render: RenderFn, *, parse_rate_floor: float = 0.95,
-                 min_requests_for_floor: int = 20) -> None:
+    needs_engine: ClassVar[bool] = True  # built with engine= (a GenerationEngine)
+    title: ClassVar[str] = ""  # the name in error messages (default: the judge's name)
+
+    def __init__(self, judge: CritiqueScoreJudge, *, parse_rate_floor: float = _D.parse_rate_floor,
+                 min_requests_for_floor: int = _D.min_requests_for_floor) -> None:
         if not 0.0 <= parse_rate_floor <= 1.0:
             raise ValueError(f"{judge.name}: parse_rate_floor must lie in [0, 1], got {parse_rate_floor}")
         if min_requests_for_floor < 1:
             raise ValueError(f"{judge.name}: min_requests_for_floor must be >= 1, got {min_requests_for_floor}")
         self.judge = judge
-        self.render = render
         self.parse_rate_floor = parse_rate_floor
         self.min_requests_for_floor = min_requests_for_floor
         self.metrics = RewardMetrics()  # run totals (the floor is checked on these)
@@ -331,43 +355,24 @@ class OutcomeJudgeModel:
     def engine(self) -> GenerationEngine:
         return self.judge.engine
 
-    def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
-        """One whole-response span per response, every response of every group in one batch of engine calls."""
-        tokenizer = self.engine.tokenizer
-        owners: list[tuple[int, int]] = []
-        prompts: list[list[int]] = []
-        rendered: dict[tuple[str, str, str], list[int]] = {}
-        for gi, group in enumerate(groups):
-            P, q = group.scenario.preference, group.scenario.query
-            for ri, sample in enumerate(group.samples):
-                context = (P, q, sample.response_text)
-                if context not in rendered:
-                    rendered[context] = self.render(tokenizer, P, q, sample.response_text)
-                owners.append((gi, ri))
-                prompts.append(rendered[context])
-        verdicts, served = self.judge.judge(prompts)
+    @property
+    def score_mode(self) -> str:
+        return self.judge.score_mode
 
+    def requests(self, groups: Sequence[Group]) -> list[JudgeRequest]:
+        raise NotImplementedError  # each variant defines its spans and prompts
+
+    def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
+        """Every requested span of every group judged in one batch of engine calls (one per phase)."""
+        requests = self.requests(groups)
+        verdicts, served = self.judge.judge([r.prompt for r in requests])
         metrics = [RewardMetrics() for _ in groups]
         outputs = [RewardOutput(step_scores=[[] for _ in g.samples], metrics=m) for g, m in zip(groups, metrics)]
-        for (gi, ri), verdict, how in zip(owners, verdicts, served):
-            m = metrics[gi]
-            m.requests += 1
-            if how == "cache":
-                m.cache_hits += 1
-            elif how == "duplicate":
-                m.deduplicated += 1
-            else:
-                if verdict.route == "constrained":
-                    m.parsed_constrained += 1
-                elif verdict.route == "free":
-                    m.parsed_free += 1
-                else:
-                    m.defaulted += 1
-                    m.example_unparsed = m.example_unparsed or verdict.raw[-400:]
-                m.retried += int(verdict.retried)
-            text = groups[gi].samples[ri].response_text
-            outputs[gi].step_scores[ri].append(
-                outcome_step_score(text, verdict.score, critique=verdict.critique, parsed=verdict.parsed))
+        for req, verdict, how in zip(requests, verdicts, served):
+            count_verdict(metrics[req.group], verdict, how)
+            outputs[req.group].step_scores[req.response].append(StepScore(
+                start=req.span[0], end=req.span[1], score=verdict.score, critique=verdict.critique,
+                parsed=verdict.parsed))
         self.metrics = self.metrics.merge(RewardMetrics.total(metrics))
         self._check_parse_rate(outputs)
         return outputs
@@ -378,44 +383,29 @@ class OutcomeJudgeModel:
             return
         j = self.judge
         raise RewardParseError(
-            f"{j.name} parse rate {m.parse_rate:.1%} is below parse_rate_floor {self.parse_rate_floor:.1%}: of "
-            f"{m.generated} generated judge requests, {m.parsed_constrained} were parsed from the constrained score, "
-            f"{m.parsed_free} from free text, {m.retried} needed a retry and {m.defaulted} got the default score "
-            f"{j.default_score} (score_mode={j.score_mode!r}). Example unparsed output: {m.example_unparsed!r}. "
-            f"Use score_mode='constrained' with an engine that supports regex constraints, give critiques more room "
-            f"(critique_max_tokens), or lower parse_rate_floor.",
+            f"{self.title or j.name} parse rate {m.parse_rate:.1%} is below parse_rate_floor "
+            f"{self.parse_rate_floor:.1%}: of {m.generated} generated scoring requests, {m.parsed_constrained} were "
+            f"parsed from the constrained score, {m.parsed_free} from free text, {m.retried} needed a retry and "
+            f"{m.defaulted} got the default score {j.default_score} (score_mode={j.score_mode!r}). Example unparsed "
+            f"output: {m.example_unparsed!r}. Use score_mode='constrained' with an engine that supports regex "
+            f"constraints, give critiques more room (critique_max_tokens), or lower parse_rate_floor.",
             outputs,
         )
 
 
-class SingleCritiqueJudgeModel(OutcomeJudgeModel):
-    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, ``render_prompt`` and
-    ``default_critique_tokens``; the constructor (the options the wiring passes) is shared."""
-
-    kind: ClassVar[str]
-    scale: ClassVar[ScoreFormat]
-    render_prompt: ClassVar[RenderFn]
-    default_critique_tokens: ClassVar[int] = 128
-
-    def __init__(
-        self,
-        engine: GenerationEngine,
-        *,
-        critique_max_tokens: int | None = None,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
-        score_max_tokens: int = 8,
-        seed: int | None = None,
-    ) -> None:
-        judge = CritiqueScoreJudge(
-            engine, self.scale, name=self.kind,
-            critique_max_tokens=critique_max_tokens or self.default_critique_tokens,
-            temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
-            cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
-        )
-        super().__init__(judge, type(self).render_prompt, parse_rate_floor=parse_rate_floor,
-                         min_requests_for_floor=min_requests_for_floor)
+def count_verdict(m: RewardMetrics, verdict: Verdict, how: str) -> None:
+    """Add one request to ``m``: served from the cache, as a duplicate, or freshly generated (and how parsed)."""
+    m.requests += 1
+    if how == "cache":
+        m.cache_hits += 1
+    elif how == "duplicate":
+        m.deduplicated += 1
+    else:
+        if verdict.route == "constrained":
+            m.parsed_constrained += 1
+        elif verdict.route == "free":
+            m.parsed_free += 1
+        else:
+            m.defaulted += 1
+            m.example_unparsed = m.example_unparsed or verdict.raw[-400:]
+        m.retried += int(verdict.retried)

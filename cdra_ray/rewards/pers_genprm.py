@@ -18,60 +18,39 @@ How a batch is scored:
    in :class:`~cdra_ray.rewards.base.RewardMetrics`; when the run's parse rate drops under
    ``parse_rate_floor`` the next batch raises :class:`~cdra_ray.rewards.base.RewardParseError`.
 
+Steps 1-4 are the shared judge core (:mod:`cdra_ray.rewards.judge`); this module chooses the spans (the steps) and
+renders their prompts.
+
 Only the judge's own output is ever parsed: the policy's response is inside the prompt, never inside the
 parsed text, so a response that writes "SCORE: 1.0" cannot score itself.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import Sequence
 
-from cdra_ray.algorithms.scores import parse_step_score
 from cdra_ray.algorithms.steps import segment_steps
-from cdra_ray.engines.base import Completion, GenerationEngine, SamplingSettings
-from cdra_ray.messages import Group, StepScore
-from cdra_ray.rewards.base import RewardMetrics, RewardOutput, RewardParseError, register_reward_model
-from cdra_ray.rewards.cache import LRUCache, request_key
-from cdra_ray.rewards.prompts import SCORE_PREFIX, encode_text, encode_untrusted, render_step_critique_prompt
+from cdra_ray.engines.base import GenerationEngine
+from cdra_ray.messages import Group
+from cdra_ray.rewards.base import register_reward_model
+from cdra_ray.rewards.catalog import PersGenPRMOptions as _D  # the defaults (one per setting)
+from cdra_ray.rewards.cache import request_key  # noqa: F401  (re-exported for callers of the old layout)
+from cdra_ray.rewards.judge import (  # noqa: F401  (SCORE_REGEX and clean_critique live in the judge core)
+    SCORE_MODES,
+    SCORE_REGEX,
+    STEP_SCALE,
+    CritiqueScoreJudge,
+    JudgeRequest,
+    JudgeRewardModel,
+    clean_critique,
+)
+from cdra_ray.rewards.prompts import render_step_critique_prompt
 
-logger = logging.getLogger(__name__)
-
-# A number in [-1, 1] with at most two decimals: -1, -0.35, 0, 0.7, 1.0 (an optional leading space lets the
-# tokenizer use its usual " 0" tokens after "SCORE:").
-SCORE_REGEX = r" ?-?(0(\.[0-9]{1,2})?|1(\.0{1,2})?)"
-CRITIQUE_STOP = "SCORE"
-SCORE_MODES = ("constrained", "free")
-
-
-@dataclass
-class _Result:
-    """What the judge said about one unique request."""
-
-    score: float
-    critique: str
-    parsed: bool
-    route: str  # "constrained" | "free" | "default"
-    retried: bool = False
-    raw: str = ""  # the last raw output looked at (for error messages)
-
-
-@dataclass
-class _Request:
-    group: int
-    response: int
-    span: tuple[int, int]
-    key: str
-
-
-def clean_critique(text: str) -> str:
-    """The critique as cut at the "SCORE" stop string, minus the markup that led into it ("**", "#", ...)."""
-    return text.rstrip(" \t\r\n*#_`>[(:")
+CRITIQUE_STOP = STEP_SCALE.stops[0]
 
 
 @register_reward_model("pers_genprm")
-class PersGenPRM:
+class PersGenPRM(JudgeRewardModel):
     """Step-wise critique-then-score reward model over any :class:`GenerationEngine`.
 
     The judge is frozen for a run, so results are cached by the hash of the rendered request and the generation
@@ -80,131 +59,33 @@ class PersGenPRM:
     :func:`~cdra_ray.algorithms.steps.segment_steps` and ``max_steps``.
     """
 
+    title = "Pers-GenPRM"
+
     def __init__(
         self,
         engine: GenerationEngine,
         *,
-        critique_max_tokens: int = 128,
-        critique_temperature: float = 0.0,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        max_steps: int | None = None,
-        cache_size: int = 50_000,
+        critique_max_tokens: int = _D.critique_max_tokens,
+        critique_temperature: float = _D.critique_temperature,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
+        parse_rate_floor: float = _D.parse_rate_floor,
+        min_requests_for_floor: int = _D.min_requests_for_floor,
+        max_steps: int | None = _D.max_steps,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:
-        if score_mode not in SCORE_MODES:
-            raise ValueError(f"PersGenPRM score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
-        if critique_max_tokens < 1:
-            raise ValueError(f"PersGenPRM critique_max_tokens must be >= 1, got {critique_max_tokens}")
-        if score_max_tokens < 4:
-            raise ValueError(f"PersGenPRM score_max_tokens must be >= 4 (room for ' -0.35'), got {score_max_tokens}")
-        if critique_temperature < 0:
-            raise ValueError(f"PersGenPRM critique_temperature must be >= 0, got {critique_temperature}")
-        if not 0.0 <= parse_rate_floor <= 1.0:
-            raise ValueError(f"PersGenPRM parse_rate_floor must lie in [0, 1], got {parse_rate_floor}")
-        if not -1.0 <= default_score <= 1.0:
-            raise ValueError(f"PersGenPRM default_score must lie in [-1, 1], got {default_score}")
-        if min_requests_for_floor < 1:
-            raise ValueError(f"PersGenPRM min_requests_for_floor must be >= 1, got {min_requests_for_floor}")
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"PersGenPRM max_steps must be >= 1 or None, got {max_steps}")
-        self.engine = engine
-        self.critique_max_tokens = critique_max_tokens
-        self.critique_temperature = critique_temperature
-        self.score_mode = score_mode
-        self.default_score = default_score
-        self.parse_rate_floor = parse_rate_floor
-        self.min_requests_for_floor = min_requests_for_floor
+        judge = CritiqueScoreJudge(
+            engine, STEP_SCALE, name="pers_genprm", critique_max_tokens=critique_max_tokens,
+            temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
+            cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+        )
+        super().__init__(judge, parse_rate_floor=parse_rate_floor, min_requests_for_floor=min_requests_for_floor)
         self.max_steps = max_steps
-        self.score_max_tokens = score_max_tokens
-        self.seed = seed
-        self.cache: LRUCache[_Result] = LRUCache(cache_size)
-        self.metrics = RewardMetrics()  # totals over the run so far (the floor is checked on these)
-        self._settings_tag = (
-            f"pers_genprm|mode={score_mode}|cmax={critique_max_tokens}|ctemp={critique_temperature}"
-            f"|smax={score_max_tokens}|regex={SCORE_REGEX}|seed={seed}"
-        )
-        self._warned_no_regex = False
 
-    # ---------------------------------------------------------------- generation settings of each phase
-    @property
-    def _critique_settings(self) -> SamplingSettings:
-        return SamplingSettings(
-            temperature=self.critique_temperature,
-            max_new_tokens=self.critique_max_tokens,
-            stop=(CRITIQUE_STOP,),
-            seed=self.seed,
-        )
-
-    @property
-    def _score_settings(self) -> SamplingSettings:
-        return SamplingSettings(temperature=0.0, max_new_tokens=self.score_max_tokens, regex=SCORE_REGEX)
-
-    def _free_settings(self, temperature: float) -> SamplingSettings:
-        # a whole free answer: the critique budget plus room for the "\nSCORE: x" line
-        return SamplingSettings(
-            temperature=temperature,
-            max_new_tokens=self.critique_max_tokens + self.score_max_tokens + 4,
-            seed=self.seed if temperature > 0 else None,
-        )
-
-    # ---------------------------------------------------------------- public API
-    def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
-        """Score every step of every response of ``groups`` with one engine call per phase."""
-        requests, prompts = self._build_requests(groups)
-
-        # cache hits, in-batch duplicates, and the unique requests left for the engine
-        metrics = [RewardMetrics() for _ in groups]
-        results: dict[str, _Result] = {}
-        pending: list[str] = []  # unique keys to generate, in first-seen order
-        owner: dict[str, int] = {}  # key -> group whose metrics count its generation
-        for req in requests:
-            m = metrics[req.group]
-            m.requests += 1
-            if req.key in owner:  # generated once for an earlier request of this batch
-                m.deduplicated += 1
-                continue
-            if req.key in results:  # an earlier request of this batch was already served by the cache
-                m.cache_hits += 1
-                continue
-            cached = self.cache.get(req.key)
-            if cached is not None:
-                m.cache_hits += 1
-                results[req.key] = cached
-                continue
-            owner[req.key] = req.group
-            pending.append(req.key)
-
-        fresh = self._generate(pending, [prompts[k] for k in pending])
-        for key, result in fresh.items():
-            m = metrics[owner[key]]
-            if result.route == "constrained":
-                m.parsed_constrained += 1
-            elif result.route == "free":
-                m.parsed_free += 1
-            else:
-                m.defaulted += 1
-                m.example_unparsed = m.example_unparsed or result.raw[-400:]
-            m.retried += int(result.retried)
-            if result.parsed:  # a default is not the model's answer: ask again next time
-                self.cache.put(key, result)
-        results.update(fresh)
-
-        outputs = [RewardOutput(step_scores=[[] for _ in g.samples], metrics=m) for g, m in zip(groups, metrics)]
-        for req in requests:
-            r = results[req.key]
-            outputs[req.group].step_scores[req.response].append(
-                StepScore(start=req.span[0], end=req.span[1], score=r.score, critique=r.critique, parsed=r.parsed)
-            )
-
-        self.metrics = self.metrics.merge(RewardMetrics.total(metrics))
-        self._check_parse_rate(outputs)
-        return outputs
-
-    # ---------------------------------------------------------------- steps
     def _spans(self, group: Group) -> list[list[tuple[int, int]]]:
         if not group.step_spans:
             return [segment_steps(s.response_text, self.max_steps) for s in group.samples]
@@ -215,12 +96,11 @@ class PersGenPRM:
             )
         return [[tuple(span) for span in spans] for spans in group.step_spans]
 
-    def _build_requests(self, groups: Sequence[Group]) -> tuple[list[_Request], dict[str, list[int]]]:
-        """One request per (group, response, step), in order; rendered prompts by key."""
+    def requests(self, groups: Sequence[Group]) -> list[JudgeRequest]:
+        """One request per (group, response, step), in order; step j's prompt holds steps 1..j."""
         tokenizer = self.engine.tokenizer
-        requests: list[_Request] = []
-        prompts: dict[str, list[int]] = {}
-        rendered: dict[tuple[str, str, tuple[str, ...]], str] = {}  # skip re-rendering identical contexts
+        requests: list[JudgeRequest] = []
+        rendered: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}  # identical contexts render once
         for gi, group in enumerate(groups):
             P, q = group.scenario.preference, group.scenario.query
             for ri, (sample, spans) in enumerate(zip(group.samples, self._spans(group))):
@@ -234,113 +114,7 @@ class PersGenPRM:
                 steps = [text[s:e] for s, e in spans]
                 for j, span in enumerate(spans):
                     context = (P, q, tuple(steps[: j + 1]))
-                    key = rendered.get(context)
-                    if key is None:
-                        ids = render_step_critique_prompt(tokenizer, P, q, context[2])
-                        key = request_key(ids, self._settings_tag)
-                        rendered[context] = key
-                        prompts[key] = ids
-                    requests.append(_Request(group=gi, response=ri, span=(span[0], span[1]), key=key))
-        return requests, prompts
-
-    # ---------------------------------------------------------------- generation
-    def _call(self, prompts: list[list[int]], settings: SamplingSettings) -> list[Completion]:
-        outs = self.engine.generate(prompts, settings)
-        if len(outs) != len(prompts):
-            raise RuntimeError(f"engine returned {len(outs)} results for {len(prompts)} prompts")
-        return [o[0] for o in outs]
-
-    def _generate(self, keys: list[str], prompts: list[list[int]]) -> dict[str, _Result]:
-        """Results for the unique pending requests; at most one engine call per phase."""
-        results: dict[str, _Result] = {}
-        if not keys:
-            return results
-        todo = list(range(len(keys)))
-        last_raw = {i: "" for i in todo}
-        critiques: dict[int, str] = {}
-
-        if self.score_mode == "constrained":
-            crit = self._call(prompts, self._critique_settings)
-            for i, c in enumerate(crit):
-                critiques[i] = clean_critique(c.text)
-            tokenizer = self.engine.tokenizer
-            # the critique continues the prompt (as text: a special-token string it may have echoed from the
-            # response stays text); then the score line is forced
-            score_prompts = [
-                prompts[i]
-                + (encode_untrusted(tokenizer, critiques[i] + "\n") if critiques[i] else [])
-                + encode_text(tokenizer, SCORE_PREFIX)
-                for i in todo
-            ]
-            try:
-                scored = self._call(score_prompts, self._score_settings)
-            except NotImplementedError as err:  # an engine that cannot constrain: use the free-form route
-                if not self._warned_no_regex:
-                    logger.warning("engine %s has no regex-constrained decoding (%s); parsing free-form output",
-                                   type(self.engine).__name__, err)
-                    self._warned_no_regex = True
-                scored = [Completion(text="", token_ids=[], logprobs=[], finish_reason="stop") for _ in todo]
-            left = []
-            for i, c in zip(todo, scored):
-                value = parse_step_score(SCORE_PREFIX + " " + c.text.strip())
-                last_raw[i] = critiques[i] + "\n" + SCORE_PREFIX + c.text
-                if value is None:
-                    left.append(i)
-                else:
-                    results[keys[i]] = _Result(score=value, critique=critiques[i], parsed=True, route="constrained")
-            todo = left
-
-            if todo:  # free-form fallback: one whole free generation, parsed as free text
-                free = self._call([prompts[i] for i in todo], self._free_settings(self.critique_temperature))
-                todo = self._parse_free(keys, todo, free, results, last_raw, retried=False)
-        else:
-            free = self._call(prompts, self._free_settings(self.critique_temperature))
-            todo = self._parse_free(keys, todo, free, results, last_raw, retried=False)
-
-        if todo:  # one greedy retry
-            retry = self._call([prompts[i] for i in todo], self._free_settings(0.0))
-            todo = self._parse_free(keys, todo, retry, results, last_raw, retried=True)
-
-        for i in todo:
-            results[keys[i]] = _Result(
-                score=self.default_score, critique=last_raw[i], parsed=False, route="default", retried=True,
-                raw=last_raw[i],
-            )
-        return results
-
-    @staticmethod
-    def _parse_free(
-        keys: list[str],
-        todo: list[int],
-        outs: list[Completion],
-        results: dict[str, _Result],
-        last_raw: dict[int, str],
-        *,
-        retried: bool,
-    ) -> list[int]:
-        """Parse free outputs (the judge's text only); returns the indices still without a score."""
-        left = []
-        for i, c in zip(todo, outs):
-            value = parse_step_score(c.text)
-            last_raw[i] = c.text
-            if value is None:
-                left.append(i)
-            else:
-                results[keys[i]] = _Result(score=value, critique=c.text.strip(), parsed=True, route="free",
-                                           retried=retried)
-        return left
-
-    # ---------------------------------------------------------------- safety net
-    def _check_parse_rate(self, outputs: list[RewardOutput]) -> None:
-        m = self.metrics
-        if m.generated < self.min_requests_for_floor or m.parse_rate >= self.parse_rate_floor:
-            return
-        raise RewardParseError(
-            f"Pers-GenPRM parse rate {m.parse_rate:.1%} is below parse_rate_floor {self.parse_rate_floor:.1%}: "
-            f"of {m.generated} generated scoring requests, {m.parsed_constrained} were parsed from the constrained "
-            f"score, {m.parsed_free} from free text, {m.retried} needed a retry and {m.defaulted} got the default "
-            f"score {self.default_score} (score_mode={self.score_mode!r}). Example unparsed output: "
-            f"{m.example_unparsed!r}. Use score_mode='constrained' with an engine that supports regex "
-            f"constraints, give critiques more room (critique_max_tokens), or lower parse_rate_floor.",
-            outputs,
-        )
+                    if context not in rendered:
+                        rendered[context] = render_step_critique_prompt(tokenizer, P, q, context[2])
+                    requests.append(JudgeRequest(gi, ri, (span[0], span[1]), rendered[context]))
+        return requests

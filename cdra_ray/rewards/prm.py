@@ -16,7 +16,7 @@ How a PRM directory is produced
 2. Train it on step-labelled data, e.g. DeepPref's D_Rea: every (P, q, steps 1..T, step scores in [-1, 1]).
    :func:`build_prm_example` renders one example exactly as inference does and gives the positions of the step
    ends; :func:`prm_step_loss` is binary cross-entropy of the head's logits at those positions against the soft
-   targets (s + 1) / 2 (all other tokens are ignored). Any trainer (the SFT issue's, or a plain loop as in
+   targets (s + 1) / 2 (all other tokens are ignored). Any trainer (``cdra-ray sft --task prm``, or a plain loop as in
    ``tests/test_rewards_variants.py``) then ``save_pretrained``s the model and tokenizer: that directory is
    ``reward.model`` for ``reward.kind: prm``.
 A directory without trained head weights is refused unless ``allow_untrained_head`` (smoke runs).
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 from cdra_ray.algorithms.steps import segment_steps
 from cdra_ray.messages import Group, StepScore
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, register_reward_model
-from cdra_ray.rewards.head_models import ScoringInput, load_head_model, pad_right, render_scoring_input
+from cdra_ray.rewards.catalog import PRMOptions as _D  # the defaults (one per setting)
+from cdra_ray.rewards.head_models import HeadRewardModel, ScoringInput, render_scoring_input
 
 
 # ----------------------------------------------------------------------------------------------- pure pieces
@@ -114,39 +115,22 @@ def init_prm_from_causal_lm(causal_dir: str | Path, out_dir: str | Path, *, dtyp
 
 # ----------------------------------------------------------------------------------------------- the reward model
 @register_reward_model("prm")
-class PRM:
+class PRM(HeadRewardModel):
     """Process rewards from a token head read at each step's last token; one forward per response."""
 
-    needs_engine: ClassVar[bool] = False  # built with model_dir= (its own model loading)
+    kind = "prm"
+    head = "token"
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        max_steps: int | None = None,
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 8,
-        max_length: int = 4096,
-        allow_untrained_head: bool = False,
-        num_threads: int | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"prm: batch_size must be >= 1, got {batch_size}")
-        if max_length < 2:
-            raise ValueError(f"prm: max_length must be >= 2, got {max_length}")
-        if max_steps is not None and max_steps < 1:
-            raise ValueError(f"prm: max_steps must be >= 1 or None, got {max_steps}")
-        if num_threads is not None:
-            import torch
-
-            torch.set_num_threads(int(num_threads))
-        self.model, self.tokenizer = load_head_model(model_dir, "token", dtype=dtype, device=device,
-                                                     allow_untrained_head=allow_untrained_head, who="prm")
+    def __init__(self, model_dir: str | Path, *, max_steps: int | None = None, dtype: str = _D.dtype,
+                 device: str = _D.device, batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 allow_untrained_head: bool = _D.allow_untrained_head, num_threads: int | None = None) -> None:
         self.max_steps = max_steps
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.metrics = RewardMetrics()
+        super().__init__(model_dir, dtype=dtype, device=device, batch_size=batch_size, max_length=max_length,
+                         allow_untrained_head=allow_untrained_head, num_threads=num_threads)
+
+    def _check_options(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"prm: max_steps must be >= 1 or None, got {self.max_steps}")
 
     def _spans(self, group: Group) -> list[list[tuple[int, int]]]:
         if not group.step_spans:
@@ -158,26 +142,12 @@ class PRM:
 
     def head_logits(self, rows: list[list[int]], positions: list[list[int]]) -> list[list[float]]:
         """The head's logit at the given positions of each row (batched, in input order)."""
-        import torch
-
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        out: list[list[float]] = [[] for _ in rows]
-        device = next(self.model.parameters()).device
-        pad = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            ids, mask = pad_right([rows[i] for i in chunk], int(pad))
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[..., 0]
-            for b, i in enumerate(chunk):
-                out[i] = logits[b, positions[i]].float().tolist()
-        return out
+        return self.forward(rows, lambda logits, i: logits[positions[i], 0].float().tolist())
 
     def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
         rows, positions, owners = [], [], []
         all_spans = []
         for gi, group in enumerate(groups):
-            P, q = group.scenario.preference, group.scenario.query
             spans_of = self._spans(group)
             all_spans.append(spans_of)
             for ri, (sample, spans) in enumerate(zip(group.samples, spans_of)):
@@ -186,12 +156,7 @@ class PRM:
                     if not 0 <= start <= end <= len(text):
                         raise ValueError(f"prm: group {group.scenario.uid!r} response {ri}: step span ({start}, {end}) "
                                          f"lies outside its text of {len(text)} characters")
-                inp = render_scoring_input(self.tokenizer, P, q, text)
-                if len(inp.input_ids) > self.max_length:
-                    raise ValueError(
-                        f"prm: group {group.scenario.uid!r} response {ri} renders to {len(inp.input_ids)} tokens, "
-                        f"over max_length={self.max_length} (reward.max_model_len); raise it or shorten responses"
-                    )
+                inp = self.render(group, ri)
                 rows.append(inp.input_ids)
                 positions.append(step_read_positions(inp, spans))
                 owners.append((gi, ri))
@@ -202,5 +167,4 @@ class PRM:
             outputs[gi].step_scores[ri] = [StepScore(start=s, end=e, score=logit_to_score(z))
                                            for (s, e), z in zip(spans, values)]
             outputs[gi].metrics.requests += len(spans)  # no parsing step: parse_rate is not logged
-        self.metrics = self.metrics.merge(RewardMetrics.total([o.metrics for o in outputs]))
-        return outputs
+        return self.finish(outputs)

@@ -126,18 +126,19 @@ def encode_untrusted(tokenizer, text: str) -> list[int]:
 UNTRUSTED_TAGS = ("preference", "query", "response", "step", "answer")
 # "<tag" / "</tag" of our delimiters inside untrusted text would let it close its quote early: defuse it.
 _TAG_RE = re.compile(r"<(\s*/?\s*)(" + "|".join(UNTRUSTED_TAGS) + r")\b", re.IGNORECASE)
-# "SCORE: 1.0" / "FINAL SCORE: 100" inside a response is re-worded: it would hit the critique's stop string if the
-# judge quoted it, and an exact score line in context invites copying.
-_SCORE_CLAIM_RE = re.compile(r"(?<![A-Za-z])score(?=[ \t*_\"']*[:=])", re.IGNORECASE)
+# "SCORE: 1.0" / "FINAL SCORE: 100" inside a response is re-worded without its ":" / "=": it would hit the
+# critique's stop string if the judge quoted it, an exact score line in context invites copying, and the re-worded
+# text must not parse as a score either (the parsers need the separator).
+_SCORE_CLAIM_RE = re.compile(r"(?<![A-Za-z])score[ \t*_\"']*+[:=][ \t]*+", re.IGNORECASE)
 # Placeholders marking where untrusted text goes in a rendered prompt (Unicode private-use characters).
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 
 
 def quote_untrusted(text: str) -> str:
     """``text`` made safe to quote between our tags: ``<response`` -> ``‹response`` (also ``</...``, and the
-    tags ``preference``, ``query``, ``step``, ``answer``), ``SCORE: 1.0`` -> ``claimed score: 1.0``."""
+    tags ``preference``, ``query``, ``step``, ``answer``), ``SCORE: 1.0`` -> ``score claimed as 1.0``."""
     text = _TAG_RE.sub(lambda m: "\u2039" + m.group(1) + m.group(2), text)
-    return _SCORE_CLAIM_RE.sub("claimed score", text)
+    return _SCORE_CLAIM_RE.sub("score claimed as ", text)
 
 
 def slot(index: int) -> str:

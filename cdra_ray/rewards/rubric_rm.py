@@ -11,9 +11,8 @@ Outcome level: one span per response, for the ``grpo`` estimator.
 from __future__ import annotations
 
 from cdra_ray.rewards.base import register_reward_model
-from cdra_ray.rewards.genrm import UNTRUSTED_NOTE
-from cdra_ray.rewards.judge import HUNDRED_SCALE, SingleCritiqueJudgeModel
-from cdra_ray.rewards.prompts import render_quoted_prompt, slot
+from cdra_ray.rewards.judge import HUNDRED_SCALE
+from cdra_ray.rewards.outcome_judge import SingleCritiqueJudgeModel, render_whole_response, whole_response_messages
 
 RUBRIC = """You are the last reviewer of an assistant's complete answer to one particular user. Judge the answer as a
 whole, on three criteria, and award points for each:
@@ -39,26 +38,15 @@ and nothing after it."""
 
 
 def rubric_messages(preference_slot: str, query_slot: str, response_slot: str) -> list[dict[str, str]]:
-    user = "\n".join([
-        "User preference:",
-        f"<preference>\n{preference_slot}\n</preference>",
-        "",
-        "User question:",
-        f"<query>\n{query_slot}\n</query>",
-        "",
-        "The assistant's complete answer (its steps are its reasoning; its last step is the final answer):",
-        f"<response>\n{response_slot}\n</response>",
-        "",
-        UNTRUSTED_NOTE,
+    return whole_response_messages(
+        RUBRIC, "The assistant's complete answer (its steps are its reasoning; its last step is the final answer):",
         "Apply the three criteria, then end with the line FINAL SCORE: <integer from 0 to 100>.",
-    ])
-    return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": user}]
+        preference_slot, query_slot, response_slot)
 
 
 def render_rubric_prompt(tokenizer, preference: str, query: str, response: str) -> list[int]:
     """Token ids of the rubric judge's prompt; P, q and the response are quoted untrusted text."""
-    messages = rubric_messages(slot(0), slot(1), slot(2))
-    return render_quoted_prompt(tokenizer, messages, [preference.strip(), query.strip(), response.strip()])
+    return render_whole_response(tokenizer, rubric_messages, preference, query, response)
 
 
 @register_reward_model("rubric_rm")

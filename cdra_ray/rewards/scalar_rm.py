@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import ClassVar
 
 from cdra_ray.messages import Group
 from cdra_ray.rewards.base import RewardMetrics, RewardOutput, outcome_step_score, register_reward_model
-from cdra_ray.rewards.head_models import load_head_model, pad_right, render_scoring_input
+from cdra_ray.rewards.catalog import ScalarRMOptions as _D  # the defaults (one per setting)
+from cdra_ray.rewards.head_models import HeadRewardModel
 
 SCORE_TRANSFORMS = ("identity", "tanh")
 
@@ -36,67 +36,32 @@ def transform_score(value: float, how: str) -> float:
 
 
 @register_reward_model("scalar_rm")
-class ScalarRM:
+class ScalarRM(HeadRewardModel):
     """Outcome reward from a sequence-classification head, batched over all responses of a call."""
 
-    needs_engine: ClassVar[bool] = False  # built with model_dir= (its own model loading)
+    kind = "scalar_rm"
+    head = "sequence"
 
-    def __init__(
-        self,
-        model_dir: str | Path,
-        *,
-        dtype: str = "float32",
-        device: str = "cpu",
-        batch_size: int = 8,
-        max_length: int = 4096,
-        score_transform: str = "identity",
-        allow_untrained_head: bool = False,
-        num_threads: int | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"scalar_rm: batch_size must be >= 1, got {batch_size}")
-        if max_length < 2:
-            raise ValueError(f"scalar_rm: max_length must be >= 2, got {max_length}")
-        transform_score(0.0, score_transform)  # validates the name
-        if num_threads is not None:
-            import torch
-
-            torch.set_num_threads(int(num_threads))
-        self.model, self.tokenizer = load_head_model(model_dir, "sequence", dtype=dtype, device=device,
-                                                     allow_untrained_head=allow_untrained_head, who="scalar_rm")
-        self.batch_size = batch_size
-        self.max_length = max_length
+    def __init__(self, model_dir: str | Path, *, dtype: str = _D.dtype, device: str = _D.device,
+                 batch_size: int = _D.batch_size, max_length: int = _D.max_length,
+                 score_transform: str = _D.score_transform, allow_untrained_head: bool = _D.allow_untrained_head,
+                 num_threads: int | None = None) -> None:
         self.score_transform = score_transform
-        self.metrics = RewardMetrics()
+        super().__init__(model_dir, dtype=dtype, device=device, batch_size=batch_size, max_length=max_length,
+                         allow_untrained_head=allow_untrained_head, num_threads=num_threads)
+
+    def _check_options(self) -> None:
+        transform_score(0.0, self.score_transform)  # validates the name
 
     def raw_scores(self, rows: list[list[int]]) -> list[float]:
         """The head's output for each tokenized conversation (batched, in input order)."""
-        import torch
-
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        out = [0.0] * len(rows)
-        device = next(self.model.parameters()).device
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            ids, mask = pad_right([rows[i] for i in chunk], int(self.model.config.pad_token_id))
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for i, value in zip(chunk, logits[:, 0].float().tolist()):
-                out[i] = value
-        return out
+        return self.forward(rows, lambda logits, i: logits[0].float().item())
 
     def score_groups(self, groups: list[Group]) -> list[RewardOutput]:
         rows, owners = [], []
         for gi, group in enumerate(groups):
-            P, q = group.scenario.preference, group.scenario.query
-            for ri, sample in enumerate(group.samples):
-                ids = render_scoring_input(self.tokenizer, P, q, sample.response_text).input_ids
-                if len(ids) > self.max_length:
-                    raise ValueError(
-                        f"scalar_rm: group {group.scenario.uid!r} response {ri} renders to {len(ids)} tokens, over "
-                        f"max_length={self.max_length} (reward.max_model_len); raise it or shorten the responses"
-                    )
-                rows.append(ids)
+            for ri in range(group.size):
+                rows.append(self.render(group, ri).input_ids)
                 owners.append((gi, ri))
         scores = self.raw_scores(rows) if rows else []
         outputs = [RewardOutput(step_scores=[[] for _ in g.samples], metrics=RewardMetrics()) for g in groups]
@@ -104,5 +69,5 @@ class ScalarRM:
             text = groups[gi].samples[ri].response_text
             outputs[gi].step_scores[ri].append(outcome_step_score(text, transform_score(value, self.score_transform)))
             outputs[gi].metrics.requests += 1  # no parsing step: parse counts stay 0, parse_rate is not logged
-        self.metrics = self.metrics.merge(RewardMetrics.total([o.metrics for o in outputs]))
-        return outputs
+        return self.finish(outputs)
+

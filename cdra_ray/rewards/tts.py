@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from cdra_ray.engines.base import GenerationEngine
 from cdra_ray.rewards.base import register_reward_model
+from cdra_ray.rewards.catalog import TTSOptions as _D  # the defaults (one per setting)
 from cdra_ray.rewards.genrm import render_outcome_prompt
-from cdra_ray.rewards.judge import STEP_SCALE, CritiqueScoreJudge, OutcomeJudgeModel
+from cdra_ray.rewards.judge import STEP_SCALE, CritiqueScoreJudge
+from cdra_ray.rewards.outcome_judge import OutcomeJudgeModel
 
 
 @register_reward_model("tts")
@@ -29,16 +31,16 @@ class TTSGenRM(OutcomeJudgeModel):
         self,
         engine: GenerationEngine,
         *,
-        samples: int = 4,
-        aggregate: str = "mean",
-        temperature: float = 0.7,
-        vote_decimals: int = 1,
-        critique_max_tokens: int = 128,
-        score_mode: str = "constrained",
-        default_score: float = 0.0,
-        parse_rate_floor: float = 0.95,
-        min_requests_for_floor: int = 20,
-        cache_size: int = 50_000,
+        samples: int = _D.samples,
+        aggregate: str = _D.aggregate,
+        temperature: float = _D.temperature,
+        vote_decimals: int = _D.vote_decimals,
+        critique_max_tokens: int = _D.critique_max_tokens,
+        score_mode: str = _D.score_mode,
+        default_score: float = _D.default_score,
+        parse_rate_floor: float = _D.parse_rate_floor,
+        min_requests_for_floor: int = _D.min_requests_for_floor,
+        cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
     ) -> None:
