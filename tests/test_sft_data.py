@@ -10,7 +10,7 @@ import pytest
 
 from cdra_ray.algorithms.scores import parse_step_score
 from cdra_ray.config import ConfigError, load_config
-from cdra_ray.data.scenarios import SAMPLES_DIR, load_scenarios
+from cdra_ray.data.scenarios import SAMPLES_DIR
 from cdra_ray.sft.critic_metrics import average_ranks, critic_report, markdown_table, pairwise_accuracy, spearman
 from cdra_ray.sft.data import SFTDataError, load_records, rea_paths, resolve_data_file, split_by_scenario
 from cdra_ray.sft.examples import fit_left, format_score, format_target, prm_example
@@ -31,7 +31,8 @@ def tokenizer():
 def test_shipped_samples_follow_the_contract():
     rea, rft = load_records(REA, "d_rea"), load_records(RFT, "d_rft")
     assert len(rea) == 60 and len(rft) == 10
-    scenario_ids = {s.uid for s in load_scenarios("builtin:prefeval_sample")}
+    sample = (SAMPLES_DIR / "prefeval_sample.jsonl").read_text().splitlines()
+    scenario_ids = {json.loads(line)["id"] for line in sample if line.strip()}
     assert {r.scenario_id for r in rea} == {r.uid for r in rft} <= scenario_ids
     paths = rea_paths(rea)
     assert len(paths) == 20 and all(len(scores) == 3 for _, scores in paths)
@@ -105,7 +106,7 @@ def test_config_checks_name_the_sft_key():
 @pytest.mark.parametrize("score, text", [(0.7, "0.70"), (-1.0, "-1.00"), (1, "1.00"), (-0.001, "0.00"),
                                          (0.345, "0.34"), (-0.35, "-0.35")])
 def test_score_line_matches_the_reward_regex_and_parses_back(score, text):
-    from cdra_ray.rewards.pers_genprm import SCORE_REGEX
+    from cdra_ray.rewards.judge import SCORE_REGEX
     import re
 
     assert format_score(score) == text
