@@ -84,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sft":
             from cdra_ray.sft.run import run_sft
 
-            print(run_sft(load_config(args.config, args.overrides), args.task))
+            import json
+
+            final = run_sft(load_config(args.config, args.overrides), args.task)
+            evals = json.loads((final.parent / "summary.json").read_text())["evals"]
+            if len(evals) >= 2:
+                print(f"held-out loss {evals[0]['eval/loss']:.4f} (step {evals[0]['step']}) -> "
+                      f"{evals[-1]['eval/loss']:.4f} (step {evals[-1]['step']})")
+            print(final)
         elif args.command == "prm-eval":
             from cdra_ray.sft.prm_eval import run_prm_eval
 

@@ -125,6 +125,6 @@ def run_sft(config: Config, task: str | None = None) -> Path:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     if len(result["evals"]) >= 2:
-        log.warning("sft %s: held-out loss %.4f -> %.4f over %d steps; checkpoint %s", task,
+        log.info("sft %s: held-out loss %.4f -> %.4f over %d steps; checkpoint %s", task,
                     result["evals"][0]["eval/loss"], result["evals"][-1]["eval/loss"], trainer.step, out_dir / "final")
     return out_dir / "final"
