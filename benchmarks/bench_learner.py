@@ -97,7 +97,7 @@ def synthetic_groups(model_dir: Path, args) -> list:
         group = Group(scenario=Scenario(uid=f"bench-{k}", preference="p", query="q", index=k),
                       prompt_token_ids=prompt, samples=samples, policy_version=0,
                       step_spans=[[(0, len(s.response_text))] for s in samples], token_steps=steps,
-                      step_scores=scores, ref_logprobs=refs if args.beta > 0 else [])
+                      step_scores=scores, ref_logprobs=torch.tensor(refs) if args.beta > 0 else None)
         groups.append(group)
     return groups
 

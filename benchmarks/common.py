@@ -242,20 +242,14 @@ def run_driver_timed(driver, actors, label: str, total: int, keep_checkpoint: bo
     from cdra_ray.actors.wiring import stop_actors
 
     ends: list[float] = []
-    learn = driver._learn
 
-    def timed_learn(batch):
-        out = learn(batch)
+    def note_update(update: int, metrics: dict) -> None:
         ends.append(time.perf_counter())
         print(f"[{label}] update {len(ends)}/{total} done", file=sys.stderr, flush=True)
-        return out
 
-    driver._learn = timed_learn
-    if not keep_checkpoint:
-        driver._checkpoint = lambda: None
     start = time.perf_counter()
     try:
-        driver.run(progress=False)
+        driver.run(progress=False, on_update=note_update, checkpoints=keep_checkpoint)
     finally:
         stop_actors(actors)
         ray.shutdown()

@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                                 skip_existing=args.skip_existing, **kwargs)
             print(to_markdown(rows))
         elif args.command == "sft":
-            from cdra_ray.sft.run import run_sft
-
             import json
+
+            from cdra_ray.sft.run import run_sft
 
             final = run_sft(load_config(args.config, args.overrides), args.task)
             evals = json.loads((final.parent / "summary.json").read_text())["evals"]
@@ -97,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(run_prm_eval(load_config(args.config, args.overrides)))
         elif args.command == "train":
-            from cdra_ray.train import format_summary, run_training
+            from cdra_ray.train import train_command
 
-            summary = run_training(load_config(args.config, args.overrides))
-            print("\n== CDPA run finished ==\n" + format_summary(summary))
+            return train_command(load_config(args.config, args.overrides))
     except (ConfigError, ScenarioDataError, SFTDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -48,12 +48,14 @@ def configure_run_logs(config) -> Path:
     for handler in root.handlers:  # the terminal (cli's basicConfig, or pytest's)
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(getattr(logging, level.upper()))
-    path = log_dir / "driver.log"
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
-        file_handler = logging.FileHandler(path)
-        file_handler.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
-        file_handler.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(file_handler)
+    for handler in [h for h in root.handlers if getattr(h, "cdra_run_log", False)]:  # an earlier run's file
+        root.removeHandler(handler)
+        handler.close()
+    file_handler = logging.FileHandler(log_dir / "driver.log")
+    file_handler.cdra_run_log = True
+    file_handler.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+    file_handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(file_handler)
     root.setLevel(min(root.level or logging.WARNING, logging.DEBUG if level == "debug" else logging.INFO))
     return log_dir
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from cdra_ray.config import Config, ConfigError, save_resolved
 from cdra_ray.config.schema import DEMO_MODEL
 from cdra_ray.data.scenarios import load_scenarios
-from cdra_ray.driver.checkpointing import latest_checkpoint, load_driver_state
-from cdra_ray.driver.metrics import read_metrics
+from cdra_ray.driver.checkpointing import find_resume_point, latest_checkpoint, restore_learner
+from cdra_ray.driver.metrics import drop_metrics_after, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +79,64 @@ def build_run(config: Config):
     save_resolved(config, run_dir)
     policy_dir, reference_dir, reward_dir = resolve_model_dirs(config)
 
-    state = None
-    checkpoint = latest_checkpoint(run_dir) if config.run.resume else None
-    if checkpoint is not None:
-        state = load_driver_state(checkpoint)
+    state, checkpoint = None, None
+    resume_point = find_resume_point(run_dir) if config.run.resume else None
+    if resume_point is not None:
+        checkpoint, state = resume_point
         policy_dir = str(checkpoint / "policy")  # rollout engines and learner start from the saved policy
-        log.info("resuming %s at update %d", checkpoint, state.policy_version)
+        dropped = drop_metrics_after(run_dir, state.policy_version)  # updates after it are redone
+        log.info("resuming %s at update %d (%d metric records after it dropped)", checkpoint,
+                 state.policy_version, dropped)
 
     init_ray(config)
-    import ray
-
-    from cdra_ray.actors.wiring import start_actors
+    from cdra_ray.actors.wiring import start_actors, stop_actors
     from cdra_ray.driver.driver import CDPADriver
 
     actors = start_actors(config, policy_dir, reference_dir, reward_dir)
-    if checkpoint is not None:
-        ray.get(actors.learner.load_state.remote(str(checkpoint / "learner_state")))
-        ray.get([w.set_policy_version.remote(state.policy_version) for w in actors.rollout_workers])
-    return CDPADriver(config, run_dir, scenarios, actors, state=state), actors
+    try:
+        if checkpoint is not None:
+            restore_learner(actors.learner, checkpoint, state)
+        driver = CDPADriver(config, run_dir, scenarios, actors, state=state)
+        driver.last_checkpoint = checkpoint
+    except BaseException:
+        stop_actors(actors)
+        raise
+    return driver, actors
+
+
+class Stopped(Exception):
+    """The job was asked to stop (SIGTERM, e.g. ``ray job stop``): shut down like Ctrl-C does."""
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into an exception in the main thread, so the run shuts down through its ``finally``
+    blocks (actors stopped, metrics closed) instead of dying mid-way; returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Stopped(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run_training(config: Config) -> dict:
+    """One run; Ctrl-C or SIGTERM stop it cleanly: the last complete checkpoint stays as it was."""
+    import signal
+
     driver, actors = build_run(config)
+    previous = _stop_on_sigterm()  # after ray.init, which installs its own SIGTERM handler (a bare exit)
     try:
         return driver.run(progress=config.run.progress_bar)
     finally:
         from cdra_ray.actors.wiring import stop_actors
 
         stop_actors(actors)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def format_summary(summary: dict) -> str:
@@ -123,3 +153,24 @@ def format_summary(summary: dict) -> str:
             + ", ".join(f"{k.removeprefix('timing/')} {v}" for k, v in summary["timing_mean_per_update"].items()),
         ]
     return "\n".join(lines)
+
+
+def train_command(config: Config) -> int:
+    """``cdra-ray train``: run, print the summary; a stop or an actor failure is a message, not a traceback."""
+    import sys
+
+    from cdra_ray.driver.faults import ActorFailure
+
+    run_dir = Path(config.run.output_dir).expanduser() / config.run.name
+    try:
+        summary = run_training(config)
+    except (KeyboardInterrupt, Stopped):
+        last = latest_checkpoint(run_dir)
+        print(f"\nstopped. Last complete checkpoint: {last or 'none yet'}; continue with the same command plus "
+              "run.resume=true", file=sys.stderr)
+        return 130
+    except ActorFailure as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print("\n== CDPA run finished ==\n" + format_summary(summary))
+    return 0

@@ -106,13 +106,15 @@ def test_resume_continues_at_the_next_update_with_the_same_data_order(local_ray,
                              "run.resume=true")
     driver, actors = _build(resumed_config)
     try:
-        assert driver.state.policy_version == 1
-        assert ray.get(actors.rollout_workers[0].set_policy_version.remote(1)) == 1
+        assert driver.state.policy_version == 1  # restored from the learner's own counter
         driver.run(progress=False)
+        # the engine received version 1 with the learner's weights before it generated again
+        assert ray.get(actors.learner.policy_version.remote()) == 2
     finally:
         _stop(actors)
     metrics = _read_jsonl(tmp_path / "tiny_test" / "metrics.jsonl")
     assert [m["update"] for m in metrics] == [1, 2]
+    assert metrics[1]["groups/policy_lag_max"] == 0  # update 2 trained on samples of version 1
     order = ScenarioOrder(load_scenarios(config.data.path), seed=config.data.seed)
     assert [m["trained_uids"] for m in metrics] == [[order.next().uid], [order.next().uid]]
 

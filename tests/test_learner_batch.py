@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -27,8 +28,16 @@ def _group(uid, prompt, responses, steps, scores, version, ref=None, sampling=Tr
         policy_version=version,
         token_steps=[list(s) for s in steps],
         step_scores=[[StepScore(0, 1, v) for v in row] for row in scores],
-        ref_logprobs=ref or [],
+        ref_logprobs=_padded(ref) if ref else None,
     )
+
+
+def _padded(rows):
+    """(G, C) float32, 0 beyond each row: the layout of Group.ref_logprobs."""
+    out = torch.zeros(len(rows), max(len(r) for r in rows))
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r)
+    return out
 
 
 def _two_groups(with_ref=True):
@@ -82,6 +91,7 @@ def test_build_batch_pads_prompts_left_responses_right():
     assert batch.sampling_logprobs[0, 2:].abs().sum() == 0
     assert torch.equal(batch.policy_versions, torch.tensor([3, 3, 2, 2]))
     assert batch.group_slices == [slice(0, 2), slice(2, 4)]
+    assert torch.equal(batch.group_ids, torch.tensor([0, 0, 1, 1]))
 
 
 def test_select_trims_all_pad_columns():
@@ -94,21 +104,20 @@ def test_select_trims_all_pad_columns():
     assert torch.equal(sub.step_rewards, torch.tensor([[0.25], [0.75]]))
     assert torch.equal(sub.ref_logprobs, torch.tensor([[-7.0, 0.0, 0.0], [-8.0, -9.0, -10.0]]))
     assert sub.prompt_width == 2 and sub.group_slices == []
+    assert torch.equal(sub.group_ids, torch.tensor([1, 1]))  # the rows still know their group
 
 
 def test_batch_without_ref_or_sampling_logprobs_gives_none():
     groups = _two_groups(with_ref=False)
-    for s in groups[1].samples:
-        s.sampling_logprobs = []
+    groups[1] = dataclasses.replace(groups[1], samples=[dataclasses.replace(s, sampling_logprobs=[])
+                                                        for s in groups[1].samples])
     batch = build_batch(groups)
     assert batch.ref_logprobs is None
     assert batch.sampling_logprobs is None
 
 
 def test_reference_mode_needs_no_rewards():
-    groups = _two_groups()
-    for g in groups:
-        g.token_steps, g.step_scores = [], []
+    groups = [dataclasses.replace(g, token_steps=[], step_scores=[]) for g in _two_groups()]
     batch = build_batch(groups, require_rewards=False)
     assert batch.step_mask.shape == (4, 1) and not batch.step_mask.any()
     with pytest.raises(ValueError, match="token_steps"):
@@ -120,7 +129,8 @@ def test_reference_mode_needs_no_rewards():
     [
         (lambda g: g[0].token_steps.__setitem__(0, [0, 2]), "token_steps range"),
         (lambda g: g[0].token_steps.__setitem__(0, [0]), "token_steps has 1 entries"),
-        (lambda g: g[1].ref_logprobs.clear(), "missing on groups \\[1\\]"),
+        (lambda g: g.__setitem__(1, g[1].with_ref_logprobs(None)), "missing on groups \\[1\\]"),
+        (lambda g: g.__setitem__(1, g[1].with_ref_logprobs(torch.zeros(2, 2))), "ref_logprobs has shape"),
         (lambda g: g[0].samples[1].sampling_logprobs.pop(), "sampling_logprobs has 3 entries"),
         (lambda g: g[1].step_scores.__setitem__(0, []), "step_scores is empty"),
     ],
@@ -222,7 +232,8 @@ def test_shared_prompt_logprobs_and_gradients_equal_one_forward_per_row():
             lp = response_logprobs(model, sub.input_ids, sub.attention_mask, sub.position_ids, sub.response_ids,
                                    temperature=0.7)
         else:
-            lp = shared_prompt_logprobs(model, sub.input_ids, sub.attention_mask, sub.response_ids, temperature=0.7)
+            lp = shared_prompt_logprobs(model, sub.input_ids, sub.attention_mask, sub.response_ids, sub.group_ids,
+                                        temperature=0.7)
         (lp * mask).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((lp.detach() * mask, grads))
@@ -242,7 +253,7 @@ def test_shared_prompt_logprobs_runs_each_distinct_prompt_once():
               _group("b", [5, 6], [[4, 5], [6]], [[0, 0], [0]], [[0.0]] * 2, 0)]
     batch = build_batch(groups, pad_token_id=0)
     with torch.no_grad():
-        shared_prompt_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_ids)
+        shared_prompt_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_ids, batch.group_ids)
     # per prompt: one pass over the prompt alone (batch 1), one over its rows' responses (width C = 3)
     assert calls == [(1, 3), (3, 3), (1, 2), (2, 3)]
 

@@ -5,6 +5,7 @@ One process-wide gloo group (world of one) is created by the first learner and s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cdra_ray.driver.checkpointing import read_learner_state, write_learner_state, write_policy
 from cdra_ray.messages import Group, Sample, Scenario, StepScore
 
 pytestmark = pytest.mark.deepspeed
@@ -101,8 +103,8 @@ def test_kl_is_zero_at_first_step_when_reference_equals_policy(tiny_dir):
 
     groups = make_groups(1, seed=1)
     reference = ReferencePolicy(tiny_dir, "float32", num_threads=2, micro_batch_size=2)
-    reference.annotate(groups)
-    assert [len(v) for v in groups[0].ref_logprobs] == [len(s.response_token_ids) for s in groups[0].samples]
+    groups = reference.annotate(groups)
+    assert tuple(groups[0].ref_logprobs.shape) == (5, max(len(s.response_token_ids) for s in groups[0].samples))
     learner = make_learner(tiny_dir, zero_stage=0, beta=0.5)
     first = learner.train_on_groups(groups)
     second = learner.train_on_groups(groups)
@@ -121,8 +123,7 @@ def test_sharing_the_prompt_forward_changes_nothing_but_the_compute(tiny_dir):
     flat = [torch.tensor(v) for values in ref_values for g in values for v in g]
     half = len(flat) // 2
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(flat[:half], flat[half:]))
-    for group, values in zip(groups, ref_values[0]):
-        group.ref_logprobs = values
+    groups = [group.with_ref_logprobs(values) for group, values in zip(groups, ref_values[0])]
     runs = []
     for share in (True, False):
         learner = make_learner(tiny_dir, zero_stage=0, beta=0.1, micro_batch_size=3, share_prompt_forward=share)
@@ -201,7 +202,8 @@ def test_importance_cap_uses_the_engines_sampling_logprobs(tiny_dir):
     # so pi_old / pi_behaviour = exp(old + 1) is small and never capped
     metrics = learner.train_on_groups(groups)
     assert 0 < metrics["importance_weight_mean"] < 1 and metrics["importance_capped_fraction"] == 0.0
-    groups[0].samples[0].sampling_logprobs = []
+    groups[0] = dataclasses.replace(groups[0], samples=[dataclasses.replace(groups[0].samples[0], sampling_logprobs=[]),
+                                                        *groups[0].samples[1:]])
     with pytest.raises(ValueError, match="sampling_logprobs"):
         learner.train_on_groups(groups)
     learner.close()
@@ -238,7 +240,7 @@ def test_hf_checkpoint_reloads_with_plain_transformers(tiny_dir, tmp_path):
     learner = make_learner(tiny_dir, zero_stage=2)
     groups = make_groups(1, seed=5)
     learner.train_on_groups(groups)
-    out = learner.save_checkpoint(tmp_path / "hf")
+    out = write_policy(learner, tmp_path / "hf")
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert AutoTokenizer.from_pretrained(str(out)).eos_token == "<|im_end|>"
     batch = build_batch(groups)
@@ -262,14 +264,14 @@ def test_resume_from_state_matches_uninterrupted_run(tiny_dir, tmp_path):
     run = make_learner(tiny_dir, zero_stage=2)
     run.train_on_groups(first_batch)
     weights_at_save = run.export_weights()
-    run.save_state(tmp_path / "state")
+    write_learner_state(run, tmp_path / "state")
     run.train_on_groups(second_batch)
     uninterrupted = run.export_weights()
     run.close()
 
     resumed = make_learner(tiny_dir, zero_stage=2)
     assert max_diff(resumed.export_weights(), weights_at_save) > 1e-4  # a fresh learner starts elsewhere
-    assert resumed.load_state(tmp_path / "state") == 1
+    assert read_learner_state(resumed, tmp_path / "state") == 1
     assert max_diff(resumed.export_weights(), weights_at_save) == 0.0
     resumed.train_on_groups(second_batch)
     # same weights after one more step; AdamW's moments were restored too (without them step 2 would be
@@ -283,8 +285,8 @@ def test_crash_mid_checkpoint_keeps_previous_one(tiny_dir, tmp_path, monkeypatch
     learner = make_learner(tiny_dir, zero_stage=0)
     groups = make_groups(1, seed=8)
     learner.train_on_groups(groups)
-    learner.save_state(tmp_path / "state")
-    hf_dir = learner.save_checkpoint(tmp_path / "hf")
+    write_learner_state(learner, tmp_path / "state")
+    hf_dir = write_policy(learner, tmp_path / "hf")
     hf_bytes = (hf_dir / "model.safetensors").read_bytes()
     learner.train_on_groups(groups)
 
@@ -294,13 +296,13 @@ def test_crash_mid_checkpoint_keeps_previous_one(tiny_dir, tmp_path, monkeypatch
 
     monkeypatch.setattr(learner.engine, "save_checkpoint", crash_after_partial_write)
     with pytest.raises(RuntimeError, match="disk full"):
-        learner.save_state(tmp_path / "state")
+        write_learner_state(learner, tmp_path / "state")
     monkeypatch.setattr(learner.model, "save_pretrained", crash_after_partial_write)
     with pytest.raises(RuntimeError, match="disk full"):
-        learner.save_checkpoint(tmp_path / "hf")
+        write_policy(learner, tmp_path / "hf")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "state"]  # no scratch left behind
     assert (hf_dir / "model.safetensors").read_bytes() == hf_bytes
     monkeypatch.undo()
-    assert learner.load_state(tmp_path / "state") == 1
+    assert read_learner_state(learner, tmp_path / "state") == 1
     learner.close()

@@ -82,6 +82,14 @@ def test_driver_terminal_follows_run_log_level_and_driver_log_keeps_info(tmp_pat
         assert log_dir == tmp_path / "quiet" / "logs"
         assert "update 3 done" in (log_dir / "driver.log").read_text()
         assert os.environ[LOG_DIR_VAR] == str(log_dir) and os.environ[LOG_LEVEL_VAR] == "warning"  # for the actors
+        # a second run in the same process writes to its own file only
+        second = configure_run_logs(load_config("tiny_test", [f"run.output_dir={tmp_path}", "run.name=second"]))
+        added = [h for h in root.handlers if h not in before]
+        assert len(added) == 1
+        logging.getLogger("cdra_ray.driver").info("second run")
+        added[0].flush()
+        assert "second run" in (second / "driver.log").read_text()
+        assert "second run" not in (log_dir / "driver.log").read_text()
     finally:
         for h in [terminal, *added]:
             root.removeHandler(h)

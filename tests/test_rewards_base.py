@@ -68,8 +68,9 @@ def test_outcome_reward_is_one_span_over_the_whole_response():
     out = RewardOutput(step_scores=[[s], [outcome_step_score("", -1.0)]])
     assert out.response_rewards() == [0.7, -1.0]
     group = _group([text, ""])
-    out.attach(group)
-    assert group.step_scores[0][0].end == len(text)
+    scored = out.attach(group)
+    assert scored.step_scores[0][0].end == len(text)
+    assert group.step_scores == []  # a new message: the input group is untouched
 
 
 def test_attach_rejects_outputs_that_do_not_fit_the_group():

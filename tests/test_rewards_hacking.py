@@ -9,6 +9,7 @@ text at all: the injection only ever occupies the response's own tokens."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -210,7 +211,7 @@ def test_score_heads_see_the_injection_only_as_response_tokens(kind, injection, 
     # the score is the head's number at fixed positions: nothing in the text is ever parsed
     group = group_of(hacked)
     spans = [(0, CLEAN.index("Step 2")), (CLEAN.index("Step 2"), len(hacked))]
-    group.step_spans = [spans]
+    group = dataclasses.replace(group, step_spans=[spans])
     if kind == "scalar_rm":
         model = ScalarRM(head_dirs[kind])
         with torch.no_grad():

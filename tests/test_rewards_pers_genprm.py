@@ -300,6 +300,6 @@ def test_outputs_attach_to_their_groups():
     r, s = two_step("Step 1: x ", "Step 2: y")
     group = make_group("g", [r], [s])
     out = PersGenPRM(ScriptedEngine(score=" 1")).score_groups([group])[0]
-    out.attach(group)
+    group = out.attach(group)
     assert [[sc.score for sc in resp] for resp in group.step_scores] == [[1.0, 1.0]]
     assert re.fullmatch(SCORE_REGEX, " 1")  # the scripted reply is one the regex admits

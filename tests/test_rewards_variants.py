@@ -130,9 +130,8 @@ def test_each_variant_scores_a_real_group_through_the_contract(kind, dirs, engin
     else:  # the constrained phase reads a score even from a random judge
         assert out.metrics.parse_rate == 1.0
     # the learner accepts the scored group once token steps point at the scored spans
-    group = dataclasses.replace(real_group)
-    group.token_steps = align_group_token_steps(real_group, out.step_scores)
-    out.attach(group)
+    group = dataclasses.replace(real_group, token_steps=align_group_token_steps(real_group, out.step_scores))
+    group = out.attach(group)
     batch = build_batch([group])
     assert batch.step_mask.sum(dim=1).tolist() == [len(sp) for sp in spans]
 

@@ -31,9 +31,11 @@ class ObjectStorePublisher:
     def __init__(self, learner, workers: list):
         self.learner, self.workers = learner, workers
 
-    def publish(self, policy_version: int, wait: bool) -> None:
+    def publish(self, policy_version: int, wait: bool, workers: list[int] | None = None) -> None:
+        """Send the weights to every engine, or to ``workers`` (indices) only: a restarted one catching up."""
         weights = self.learner.export_weights.remote()
-        loads = [w.load_weights.remote(weights, policy_version) for w in self.workers]
+        targets = self.workers if workers is None else [self.workers[i] for i in workers]
+        loads = [w.load_weights.remote(weights, policy_version) for w in targets]
         if wait:
             ray.get(loads)
 
@@ -47,7 +49,11 @@ class NcclPublisher:
         self.learner = learner
         ray.get(learner.connect_weight_sync.remote(workers, [tensor_parallel_size] * len(workers), free_port()))
 
-    def publish(self, policy_version: int, wait: bool) -> None:
+    def publish(self, policy_version: int, wait: bool, workers: list[int] | None = None) -> None:
+        if workers is not None:  # a restarted engine would have to rejoin the NCCL group: not supported
+            raise RuntimeError(f"rollout workers {workers} were restarted, but rollout.weight_sync=nccl cannot add "
+                               "an engine back into its NCCL group; use rollout.weight_sync=object_store for runs "
+                               "that must survive rollout worker restarts")
         done = self.learner.broadcast_weights.remote(policy_version)
         if wait:
             ray.get(done)

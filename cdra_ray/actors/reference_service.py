@@ -21,7 +21,5 @@ class ReferenceService:
         start = time.perf_counter()
         per_group = self.reference.logprobs(groups)
         share = (time.perf_counter() - start) / len(groups)
-        for group, logprobs in zip(groups, per_group):
-            group.ref_logprobs = [list(map(float, lp)) for lp in logprobs]
-            group.timings["reference"] = share
-        return groups
+        return [group.with_ref_logprobs(values).with_timing("reference", share)
+                for group, values in zip(groups, per_group)]

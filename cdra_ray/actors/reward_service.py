@@ -27,11 +27,11 @@ class RewardService:
         start = time.perf_counter()
         outputs = self.model.score_groups(groups)
         share = (time.perf_counter() - start) / len(groups)
+        scored = []
         for group, output in zip(groups, outputs):
-            output.attach(group)
-            group.timings["reward"] = share
+            scored.append(output.attach(group).with_timing("reward", share))
             self.totals = self.totals.merge(output.metrics)
-        return groups
+        return scored
 
     def metrics(self) -> dict[str, float]:
         """Cumulative over the run so far (parse rate is a run-level figure, like its floor)."""

@@ -23,14 +23,14 @@ from cdra_ray.messages import Group, Sample, Scenario
 
 
 def segment_group(group: Group, tokenizer, max_steps: int | None) -> Group:
-    """Fill ``step_spans`` (characters) and ``token_steps`` (step index per generated token) in place."""
-    group.step_spans, group.token_steps = [], []
+    """``group`` with ``step_spans`` (characters) and ``token_steps`` (step index per generated token)."""
+    step_spans, token_steps = [], []
     for sample in group.samples:
         spans = segment_steps(sample.response_text, max_steps=max_steps)
-        group.step_spans.append(spans)
-        group.token_steps.append(
+        step_spans.append(spans)
+        token_steps.append(
             token_steps_for_response(tokenizer, sample.response_token_ids, spans, text=sample.response_text))
-    return group
+    return group.with_segmentation(step_spans, token_steps)
 
 
 class RolloutWorker:
@@ -56,6 +56,8 @@ class RolloutWorker:
         self.max_prompt_tokens = max_prompt_tokens
         self.max_steps = max_steps
         self.seed = seed
+        # the version of the weights the engine holds: 0 = built from the model directory; afterwards only
+        # ever the value delivered with weights (load_weights / finish_weight_update), never counted here
         self.policy_version = 0
         self._batcher: MicroBatcher[Scenario, Group] = MicroBatcher(self._generate_batch, max_wait_s=max_wait_s)
 
@@ -79,8 +81,7 @@ class RolloutWorker:
         for scenario, prompt_ids, outs in zip(scenarios, prompts, completions):
             samples = [Sample(c.text, list(c.token_ids), list(c.logprobs), c.finish_reason) for c in outs]
             group = Group(scenario=scenario, prompt_token_ids=list(prompt_ids), samples=samples,
-                          policy_version=self.policy_version)
-            group.timings["generate"] = share
+                          policy_version=self.policy_version, timings={"generate": share})
             groups.append(segment_group(group, self.tokenizer, self.max_steps))
         return groups
 
@@ -120,11 +121,6 @@ class RolloutWorker:
                 self.policy_version = int(weight_version)
         finally:
             self._batcher.engine_lock.release()
-
-    def set_policy_version(self, policy_version: int) -> int:
-        """On resume the engine already loaded the checkpoint's weights; only the tag must follow."""
-        self.policy_version = policy_version
-        return policy_version
 
     def sequence_logprobs(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
         """The engine's log-probs of a fixed continuation: how tests prove a weight sync really happened."""

@@ -6,6 +6,7 @@ class, so the methods the driver calls are exactly the ones tested without Ray.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import ray
@@ -17,15 +18,24 @@ from cdra_ray.actors.shared_weights import pack_weights
 from cdra_ray.logs import configure_actor_logs
 
 
+class Incarnation:
+    """A token drawn when the actor's process starts: the driver tells a restarted actor from a live one by it."""
+
+    def incarnation(self) -> str:
+        if not hasattr(self, "_incarnation"):  # drawn on first ask: a restarted actor is a new instance
+            self._incarnation = uuid.uuid4().hex
+        return self._incarnation
+
+
 @ray.remote
-class RolloutActor(RolloutWorker):
+class RolloutActor(RolloutWorker, Incarnation):
     def __init__(self, spec, worker_options: dict):
         configure_actor_logs("rollout")
         super().__init__(spec.build(), **worker_options)
 
 
 @ray.remote
-class RewardActor(RewardService):
+class RewardActor(RewardService, Incarnation):
     def __init__(self, spec, entry, options):
         # entry: the reward kind's registry entry (cdra_ray.registry.Entry), options: its checked options
         configure_actor_logs("reward")
@@ -37,7 +47,7 @@ class RewardActor(RewardService):
 
 
 @ray.remote
-class ReferenceActor(ReferenceService):
+class ReferenceActor(ReferenceService, Incarnation):
     def __init__(self, model_dir: str, options: dict):
         configure_actor_logs("reference")
         from cdra_ray.learner.reference import ReferencePolicy
@@ -46,7 +56,7 @@ class ReferenceActor(ReferenceService):
 
 
 @ray.remote
-class LearnerActor:
+class LearnerActor(Incarnation):
     """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
 
     def __init__(self, settings):
@@ -62,14 +72,20 @@ class LearnerActor:
         # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
         return pack_weights(self.learner.export_weights(copy=False).items())
 
-    def save_checkpoint(self, path: str):
-        return self.learner.save_checkpoint(Path(path))
+    def save_policy(self, path: str):
+        from cdra_ray.driver.checkpointing import write_policy
+
+        return write_policy(self.learner, Path(path))
 
     def save_state(self, path: str):
-        return self.learner.save_state(Path(path))
+        from cdra_ray.driver.checkpointing import write_learner_state
 
-    def load_state(self, path: str):
-        return self.learner.load_state(Path(path))
+        return write_learner_state(self.learner, Path(path))
+
+    def load_state(self, path: str) -> int:
+        from cdra_ray.driver.checkpointing import read_learner_state
+
+        return read_learner_state(self.learner, Path(path))
 
     def sequence_logprobs(self, prompt_ids, continuation_ids):
         """The learner's own log-probs of a fixed continuation (to check that a weight sync really landed)."""

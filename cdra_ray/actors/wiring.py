@@ -27,6 +27,14 @@ from cdra_ray.logs import configure_run_logs
 MAX_CONCURRENT_CALLS = 64  # threaded actors: how many streamed calls may wait to join a batch
 
 
+def restart_options(config: Config) -> dict:
+    """Ray restarts a dead rollout, reward or reference actor up to ``run.max_actor_restarts`` times; calls in
+    flight fail instead of being replayed, so the driver can catch a restarted engine up on the weights before
+    resubmitting them (:mod:`cdra_ray.driver.faults`). The learner is never restarted: its optimizer state
+    lives only in its process, so the run stops and resumes from the last checkpoint instead."""
+    return {"max_restarts": config.run.max_actor_restarts, "max_task_retries": 0}
+
+
 def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir: str) -> Actors:
     """Create every actor of a run; returns once all of them have finished loading their models."""
     configure_run_logs(config)  # before the actors: their environment carries where their logs go
@@ -34,19 +42,20 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
     device = lc.device
     workers = [
         RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size,
-                             max_concurrency=MAX_CONCURRENT_CALLS,
+                             max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
                              runtime_env={"env_vars": actor_env(r.num_cpus, r.engine, r.kv_cache_gb, device)},
                              name=None).remote(rollout_engine_spec(config, policy_dir), rollout_worker_options(config))
         for _ in range(r.num_workers)
     ]
     reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,
+                                 **restart_options(config),
                                  runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
                                  ).remote(reward_engine_spec(config, reward_dir), *reward_model(config))
     reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
-                                       max_concurrency=MAX_CONCURRENT_CALLS,
+                                       max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                        ).remote(reference_dir, reference_options(config))
-    learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+    learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0,
                                    runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                    ).remote(learner_settings(config, policy_dir))
     # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.

@@ -113,11 +113,11 @@ _CHOICES = {
 _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
     "rollout.max_model_len", "learner.micro_batch_size", "learner.ppo_epochs", "train.total_updates",
-    "train.groups_per_update", "rollout.tensor_parallel_size", "learner.lr",
-    "reward.max_model_len", "rollout.kv_cache_gb", "reward.kv_cache_gb", "learner.max_grad_norm",
+    "train.groups_per_update", "rollout.tensor_parallel_size", "reward.max_model_len", "rollout.kv_cache_gb",
+    "reward.kv_cache_gb",
 )
 _NON_NEGATIVE = (
-    "algorithm.eps", "algorithm.beta", "learner.weight_decay", "train.max_staleness", "train.save_every",
+    "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm", "train.max_staleness", "train.save_every",
     "rollout.num_cpus", "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus",
     "learner.num_gpus", "reward.timeout_s", "reward.max_retries", "reward.max_concurrency",
 )

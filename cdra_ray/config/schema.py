@@ -127,7 +127,9 @@ class TrainConfig:
     total_updates: int = 400  # the paper reports the best checkpoint within 400 steps
     groups_per_update: int = 1  # B: groups per learner update
     max_staleness: int = 0  # policy versions a group may lag; 0 = synchronous, on-policy
-    save_every: int = 0  # HF checkpoint + resume state every N updates; 0 = only at the end
+    save_every: int = 50  # HF checkpoint + resume state every N updates (and at the end); 0 = not by count
+    save_every_minutes: float = 10.0  # ... and whenever this long has passed since the last one; 0 = not by time
+    keep_checkpoints: int = 2  # newest complete checkpoints kept on disk; 0 = keep all
     seed: int = 0
 
 
@@ -139,6 +141,7 @@ class RunConfig:
     ray_address: Optional[str] = None  # None = start a local Ray runtime (or join RAY_ADDRESS when set)
     tensorboard: bool = True
     progress_bar: bool = True
+    max_actor_restarts: int = 3  # per rollout/reward/reference actor; one more death stops the run, naming it
     log_level: str = "warning"  # terminal: warning (progress bar + warnings) | info | debug (every engine log line)
 
 

@@ -40,6 +40,7 @@ class TrainBatch:
     ref_logprobs: torch.Tensor | None  # (N, C) float32 log pi_ref, 0 at pads; None when no group has them
     sampling_logprobs: torch.Tensor | None  # (N, C) float32 log pi_behaviour, 0 at pads; None when missing
     policy_versions: torch.Tensor  # (N,) long: learner version that sampled each response
+    group_ids: torch.Tensor  # (N,) long: the group (index into the built-from list) each row belongs to
     group_slices: list[slice] = field(default_factory=list)  # rows of each group (empty in a sub-batch)
 
     @property
@@ -59,7 +60,8 @@ class TrainBatch:
     def select(self, rows: list[int] | torch.Tensor) -> "TrainBatch":
         """The given rows, with all-pad prompt columns (left) and response columns (right) trimmed away.
 
-        Used for micro-batches: a micro-batch of short responses does not pay for the batch's longest one.
+        Used for micro-batches: a micro-batch of short responses does not pay for the batch's longest one. Rows
+        keep their ``group_ids``, so a sub-batch still knows which rows share a prompt.
         """
         rows = torch.as_tensor(rows, dtype=torch.long)
         if rows.numel() == 0:
@@ -88,6 +90,7 @@ class TrainBatch:
             ref_logprobs=rc(self.ref_logprobs),
             sampling_logprobs=rc(self.sampling_logprobs),
             policy_versions=self.policy_versions[rows],
+            group_ids=self.group_ids[rows],
             group_slices=[],
         )
 
@@ -119,13 +122,11 @@ def _check_group(group: Group, g: int, require_rewards: bool) -> None:
             if min(steps) < 0 or max(steps) >= len(scores):
                 raise ValueError(f"{where} sample {i}: token_steps range [{min(steps)}, {max(steps)}] does not "
                                  f"index its {len(scores)} step_scores")
-    if group.ref_logprobs:
-        if len(group.ref_logprobs) != group.size:
-            raise ValueError(f"{where}: ref_logprobs has {len(group.ref_logprobs)} rows for {group.size} samples")
-        for i, sample in enumerate(group.samples):
-            if len(group.ref_logprobs[i]) != len(sample.response_token_ids):
-                raise ValueError(f"{where} sample {i}: ref_logprobs has {len(group.ref_logprobs[i])} entries for "
-                                 f"{len(sample.response_token_ids)} response tokens")
+    if group.ref_logprobs is not None:
+        shape = (group.size, max(len(s.response_token_ids) for s in group.samples))
+        if tuple(group.ref_logprobs.shape) != shape:
+            raise ValueError(f"{where}: ref_logprobs has shape {tuple(group.ref_logprobs.shape)}, expected {shape} "
+                             "(samples x longest response)")
     for i, sample in enumerate(group.samples):
         if sample.sampling_logprobs and len(sample.sampling_logprobs) != len(sample.response_token_ids):
             raise ValueError(f"{where} sample {i}: sampling_logprobs has {len(sample.sampling_logprobs)} entries "
@@ -143,7 +144,7 @@ def build_batch(groups: list[Group], *, pad_token_id: int = 0, require_rewards: 
         raise ValueError("build_batch needs at least one group")
     for g, group in enumerate(groups):
         _check_group(group, g, require_rewards)
-    with_ref = [bool(group.ref_logprobs) for group in groups]
+    with_ref = [group.ref_logprobs is not None for group in groups]
     if any(with_ref) and not all(with_ref):
         missing = [g for g, has in enumerate(with_ref) if not has]
         raise ValueError(f"ref_logprobs are set on some groups but missing on groups {missing}")
@@ -165,11 +166,15 @@ def build_batch(groups: list[Group], *, pad_token_id: int = 0, require_rewards: 
     ref_logprobs = torch.zeros((n, width_c), dtype=torch.float32) if all(with_ref) else None
     sampling_logprobs = torch.zeros((n, width_c), dtype=torch.float32) if with_sampling else None
     policy_versions = torch.zeros(n, dtype=torch.long)
+    group_ids = torch.zeros(n, dtype=torch.long)
     group_slices: list[slice] = []
 
     row = 0
     for g, group in enumerate(groups):
         group_slices.append(slice(row, row + group.size))
+        group_ids[row:row + group.size] = g
+        if ref_logprobs is not None:
+            ref_logprobs[row:row + group.size, :group.ref_logprobs.shape[1]] = group.ref_logprobs
         prompt = torch.tensor(group.prompt_token_ids, dtype=torch.long)
         for i, sample in enumerate(group.samples):
             resp = torch.tensor(sample.response_token_ids, dtype=torch.long)
@@ -184,14 +189,14 @@ def build_batch(groups: list[Group], *, pad_token_id: int = 0, require_rewards: 
                 scores = group.step_scores[i]
                 step_rewards[row, :len(scores)] = torch.tensor([s.score for s in scores], dtype=torch.float32)
                 step_mask[row, :len(scores)] = True
-            if ref_logprobs is not None:
-                ref_logprobs[row, :lc] = torch.tensor(group.ref_logprobs[i], dtype=torch.float32)
             if sampling_logprobs is not None:
                 sampling_logprobs[row, :lc] = torch.tensor(sample.sampling_logprobs, dtype=torch.float32)
             policy_versions[row] = group.policy_version
             row += 1
 
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0) * attention_mask
+    if ref_logprobs is not None:
+        ref_logprobs *= response_mask  # 0 at pads whatever the producer left there
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -204,6 +209,7 @@ def build_batch(groups: list[Group], *, pad_token_id: int = 0, require_rewards: 
         ref_logprobs=ref_logprobs,
         sampling_logprobs=sampling_logprobs,
         policy_versions=policy_versions,
+        group_ids=group_ids,
         group_slices=group_slices,
     )
 

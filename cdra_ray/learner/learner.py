@@ -25,6 +25,8 @@ How it departs from a textbook PPO loop, and why:
 - Dropout is switched off (``disable_dropout``): with dropout the ratio pi_theta/pi_old is noise even before
   any update.
 
+Checkpoints (the HF policy and the resume state) are written by :mod:`cdra_ray.driver.checkpointing`.
+
 Usable without Ray: a single process sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT itself when they are
 missing and initialises torch.distributed with gloo (CPU) or NCCL (CUDA). DeepSpeed is imported inside
 methods so a Ray actor class wrapping this module pickles.
@@ -32,11 +34,9 @@ methods so a Ray actor class wrapping this module pickles.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -54,12 +54,11 @@ from cdra_ray.messages import Group
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-STATE_TAG = "state"
 
 
 @dataclass
 class LearnerSettings:
-    """Everything the learner needs, explicitly; the lead maps the run config onto it."""
+    """Everything the learner needs, explicitly (``cdra_ray.actors.constructors`` maps the run config onto it)."""
 
     model_dir: str
     # optimisation
@@ -155,57 +154,6 @@ def init_distributed(backend: str) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=backend)
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a scratch directory that replaces ``target`` only when the block finishes without an exception.
-
-    A crash inside the block leaves ``target`` (the previous checkpoint) untouched and removes the scratch.
-    The swap is two renames; should the process die between them, ``target`` is missing and the previous
-    version sits at :func:`previous_path` — :meth:`Learner.load_state` looks there. All ranks must enter.
-    """
-    target = Path(target)
-    scratch = target.with_name(f".{target.name}.partial")
-    previous = previous_path(target)
-    if _rank() == 0:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-    _barrier()
-    try:
-        yield scratch
-        _barrier()
-    except BaseException:
-        if _rank() == 0:
-            shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    if _rank() == 0:
-        shutil.rmtree(previous, ignore_errors=True)
-        if target.exists():
-            os.rename(target, previous)
-        os.rename(scratch, target)
-        shutil.rmtree(previous, ignore_errors=True)
-    _barrier()
-
-
-def previous_path(target: str | Path) -> Path:
-    """Where :func:`atomic_directory` parks the old version of ``target`` during the swap."""
-    target = Path(target)
-    return target.with_name(f".{target.name}.previous")
 
 
 def _micro_batch_weight(aggregation: str, rows: int, tokens: int, total_rows: int, total_tokens: int) -> float:
@@ -340,6 +288,7 @@ class Learner:
                 batch.input_ids.to(dev),
                 batch.attention_mask.to(dev),
                 batch.response_ids.to(dev),
+                batch.group_ids,
                 chunk_size=self.settings.logprob_chunk_size,
                 temperature=self.settings.temperature,
             )
@@ -511,73 +460,6 @@ class Learner:
         """
         copy = copy or self._is_zero3()
         return {name: tensor.detach().to("cpu", copy=copy) for name, tensor in self.iter_weights(dtype)}
-
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write an HF model directory (safetensors + config + tokenizer) that transformers and vLLM load.
-
-        Atomic: a crash while writing leaves the previous checkpoint at ``directory`` intact.
-        """
-        directory = Path(directory)
-        state = self.export_weights()
-        with atomic_directory(directory) as scratch:
-            if _rank() == 0:
-                self.model.save_pretrained(str(scratch), state_dict=state)
-                if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(str(scratch))
-        return directory
-
-    # ------------------------------------------------------------------ resume state
-    def _rng_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-        try:
-            import numpy as np
-
-            state["numpy"] = np.random.get_state()
-        except ImportError:  # pragma: no cover
-            pass
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    @staticmethod
-    def _set_rng_state(state: dict[str, Any]) -> None:
-        random.setstate(state["python"])
-        torch.set_rng_state(state["torch"])
-        if "numpy" in state:
-            import numpy as np
-
-            np.random.set_state(state["numpy"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-    def save_state(self, directory: str | Path) -> Path:
-        """Everything needed to continue exactly: weights (fp32 master copy), optimizer moments, RNG states and
-        ``policy_version``, via DeepSpeed's own checkpoint (it knows how ZeRO partitions them). Atomic."""
-        directory = Path(directory)
-        client_state = {"policy_version": self.policy_version, "rng": self._rng_state(),
-                        "settings_model_dir": self.settings.model_dir}
-        with atomic_directory(directory) as scratch:
-            self.engine.save_checkpoint(str(scratch), tag=STATE_TAG, client_state=client_state, save_latest=False)
-        return directory
-
-    def load_state(self, directory: str | Path) -> int:
-        """Restore a :meth:`save_state` directory into this learner; returns the restored ``policy_version``."""
-        directory = Path(directory)
-        if not directory.is_dir() and previous_path(directory).is_dir():
-            log.warning("%s is missing but %s exists (a save was interrupted mid-swap); loading that",
-                        directory, previous_path(directory))
-            directory = previous_path(directory)
-        if not (directory / STATE_TAG).is_dir():
-            raise FileNotFoundError(f"{str(directory)!r} is not a learner state directory (no {STATE_TAG!r} "
-                                    "inside; it is written by Learner.save_state)")
-        load_path, client_state = self.engine.load_checkpoint(
-            str(directory), tag=STATE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
-        if load_path is None or client_state is None:
-            raise RuntimeError(f"DeepSpeed could not load the learner state from {str(directory)!r}")
-        self.policy_version = int(client_state["policy_version"])
-        self._set_rng_state(client_state["rng"])
-        return self.policy_version
 
     def close(self) -> None:
         """Free the engine (the process group stays: other engines in this process may share it)."""

@@ -82,15 +82,17 @@ def shared_prompt_logprobs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     response_ids: torch.Tensor,
+    group_ids: torch.Tensor,
     *,
     chunk_size: int = 1024,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """What :func:`response_logprobs` returns, with each distinct prompt run through the model once.
+    """What :func:`response_logprobs` returns, with each group's prompt run through the model once.
 
-    The G responses of a group share their prompt. Rows are grouped by their real prompt tokens; per prompt, one
-    forward pass (batch 1) yields its KV cache and the logits that predict response token 0; the cache is
-    repeated over the prompt's rows and the responses run on top of it. Gradients flow through the shared
+    The G responses of a group share their prompt; ``group_ids`` (N,) says which rows belong together (a
+    :class:`~cdra_ray.learner.batch.TrainBatch` keeps them through ``select``). Per group, one forward pass
+    (batch 1) over its prompt yields the KV cache and the logits that predict response token 0; the cache is
+    repeated over the group's rows and the responses run on top of it. Gradients flow through the shared
     prompt pass, so a backward pass computes the prompt's gradient once instead of once per row: for a
     180-token prompt and G = 5 responses of 64 tokens, 500 token positions instead of 1,220. Needs a model
     that returns ``past_key_values`` (not with gradient checkpointing, which turns the cache off in training).
@@ -100,22 +102,25 @@ def shared_prompt_logprobs(
     if width_p < 1:
         raise ValueError(f"input_ids width {input_ids.shape[1]} must exceed the response width {width_c} "
                          "(each row needs at least one prompt token)")
+    if group_ids.shape != input_ids.shape[:1]:
+        raise ValueError(f"group_ids {tuple(group_ids.shape)} must have one entry per row of input_ids "
+                         f"{tuple(input_ids.shape)}")
     prompt_mask = attention_mask[:, :width_p].bool()
-    rows_of: dict[tuple[int, ...], list[int]] = {}
-    for row in range(input_ids.shape[0]):
-        rows_of.setdefault(tuple(input_ids[row, :width_p][prompt_mask[row]].tolist()), []).append(row)
+    rows_of: dict[int, list[int]] = {}
+    for row, group in enumerate(group_ids.tolist()):
+        rows_of.setdefault(int(group), []).append(row)
     pieces, order = [], []
-    for prompt, rows in rows_of.items():
-        if not prompt:
+    for rows in rows_of.values():
+        prompt_ids = input_ids[rows[0], :width_p][prompt_mask[rows[0]]].unsqueeze(0)
+        if prompt_ids.shape[1] == 0:
             raise ValueError(f"rows {rows} have no prompt token")
-        prompt_ids = torch.tensor([prompt], dtype=input_ids.dtype, device=input_ids.device)
+        length = prompt_ids.shape[1]
         head = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
         cache = head.past_key_values
         if cache is None:
             raise RuntimeError("shared_prompt_logprobs: the model returned no past_key_values (gradient "
                                "checkpointing turns the cache off); use response_logprobs instead")
         cache.batch_repeat_interleave(len(rows))
-        length = len(prompt)
         rows_t = torch.tensor(rows, device=input_ids.device)
         mask = torch.cat([torch.ones(len(rows), length, dtype=attention_mask.dtype, device=attention_mask.device),
                           attention_mask[rows_t, width_p:]], dim=1)

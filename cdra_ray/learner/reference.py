@@ -61,8 +61,9 @@ class ReferencePolicy:
         self.pad_token_id = pad if isinstance(pad, int) else 0
 
     @torch.inference_mode()
-    def logprobs(self, groups: list[Group]) -> list[list[list[float]]]:
-        """``[group][sample][token]`` log pi_ref of each response token (lengths match the responses)."""
+    def logprobs(self, groups: list[Group]) -> list[torch.Tensor]:
+        """Per group a (G, C) float32 tensor of log pi_ref per response token, C = the group's longest response,
+        0 beyond each response's end (the layout of ``Group.ref_logprobs``)."""
         if not groups:
             return []
         batch = build_batch(groups, pad_token_id=self.pad_token_id, require_rewards=False)
@@ -77,21 +78,15 @@ class ReferencePolicy:
             options = {"chunk_size": self.chunk_size, "temperature": self.temperature}
             if self.share_prompt_forward:
                 lp = shared_prompt_logprobs(self.model, sub.input_ids.to(dev), sub.attention_mask.to(dev),
-                                            sub.response_ids.to(dev), **options)
+                                            sub.response_ids.to(dev), sub.group_ids, **options)
             else:
                 lp = response_logprobs(self.model, sub.input_ids.to(dev), sub.attention_mask.to(dev),
                                        sub.position_ids.to(dev), sub.response_ids.to(dev), **options)
             values[rows, : sub.response_width] = lp.float().cpu()
-        out: list[list[list[float]]] = []
-        for group, rows in zip(groups, batch.group_slices):
-            per_sample = []
-            for row, sample in zip(range(rows.start, rows.stop), group.samples):
-                per_sample.append(values[row, : len(sample.response_token_ids)].tolist())
-            out.append(per_sample)
-        return out
+        values *= batch.response_mask
+        return [values[rows, : max(len(s.response_token_ids) for s in group.samples)].clone()
+                for group, rows in zip(groups, batch.group_slices)]
 
     def annotate(self, groups: list[Group]) -> list[Group]:
-        """Fill ``Group.ref_logprobs`` in place (and return the groups, for chaining)."""
-        for group, values in zip(groups, self.logprobs(groups)):
-            group.ref_logprobs = values
-        return groups
+        """The groups with ``ref_logprobs`` set (new values; the inputs are untouched)."""
+        return [group.with_ref_logprobs(values) for group, values in zip(groups, self.logprobs(groups))]

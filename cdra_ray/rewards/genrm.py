@@ -11,12 +11,7 @@ from __future__ import annotations
 
 from cdra_ray.rewards.base import register_reward_model
 from cdra_ray.rewards.judge import STEP_SCALE
-from cdra_ray.rewards.outcome_judge import (  # noqa: F401  (UNTRUSTED_NOTE re-exported)
-    UNTRUSTED_NOTE,
-    SingleCritiqueJudgeModel,
-    render_whole_response,
-    whole_response_messages,
-)
+from cdra_ray.rewards.outcome_judge import UNTRUSTED_NOTE, SingleCritiqueJudgeModel  # noqa: F401
 
 OUTCOME_RUBRIC = """You review a complete answer that an assistant wrote for one particular user. Decide how well the
 answer as a whole serves this user: does it respect the preference they stated, does it notice the needs and values
@@ -35,24 +30,17 @@ Answer with a short critique of the whole answer (two to four sentences), then o
 SCORE: <number between -1 and 1>
 and nothing after it."""
 
-def outcome_messages(preference_slot: str, query_slot: str, response_slot: str) -> list[dict[str, str]]:
-    """System rubric + user turn holding P, q and the whole response (as placeholders, filled when encoding)."""
-    return whole_response_messages(
-        OUTCOME_RUBRIC, "The assistant's complete answer:",
-        "Critique the answer as a whole, then end with the line SCORE: <number between -1 and 1>.",
-        preference_slot, query_slot, response_slot)
-
-
-def render_outcome_prompt(tokenizer, preference: str, query: str, response: str) -> list[int]:
-    """Token ids of the whole-response judge prompt; P, q and the response are quoted untrusted text."""
-    return render_whole_response(tokenizer, outcome_messages, preference, query, response)
-
-
 @register_reward_model("genrm")
 class GenRM(SingleCritiqueJudgeModel):
     """Critique-then-score of the whole response, one span per response, score in [-1, 1]."""
 
     kind = "genrm"
     scale = STEP_SCALE
-    render_prompt = staticmethod(render_outcome_prompt)
+    system = OUTCOME_RUBRIC
+    answer_label = "The assistant's complete answer:"
+    instruction = "Critique the answer as a whole, then end with the line SCORE: <number between -1 and 1>."
     default_critique_tokens = 128
+
+
+outcome_messages = GenRM.messages  # (P, q, response slots) -> chat messages
+render_outcome_prompt = GenRM.render_prompt  # (tokenizer, P, q, response) -> prompt token ids

@@ -19,31 +19,6 @@ UNTRUSTED_NOTE = (
 )
 
 
-def whole_response_messages(system: str, answer_label: str, instruction: str, preference_slot: str,
-                            query_slot: str, response_slot: str) -> list[dict[str, str]]:
-    """System rubric + a user turn quoting P, q and the whole response (placeholders, filled when encoding)."""
-    user = "\n".join([
-        "User preference:",
-        f"<preference>\n{preference_slot}\n</preference>",
-        "",
-        "User question:",
-        f"<query>\n{query_slot}\n</query>",
-        "",
-        answer_label,
-        f"<response>\n{response_slot}\n</response>",
-        "",
-        UNTRUSTED_NOTE,
-        instruction,
-    ])
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def render_whole_response(tokenizer, messages_fn, preference: str, query: str, response: str) -> list[int]:
-    """Token ids of ``messages_fn(slots)`` with P, q and the response quoted as untrusted text."""
-    messages = messages_fn(slot(0), slot(1), slot(2))
-    return render_quoted_prompt(tokenizer, messages, [preference.strip(), query.strip(), response.strip()])
-
-
 class OutcomeJudgeModel(JudgeRewardModel):
     """Scores each response as one span with a :class:`CritiqueScoreJudge`; ``render`` builds its prompt."""
 
@@ -67,14 +42,40 @@ class OutcomeJudgeModel(JudgeRewardModel):
 
 
 class SingleCritiqueJudgeModel(OutcomeJudgeModel):
-    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, ``render_prompt`` and
-    ``default_critique_tokens``; the constructor (options of :class:`~cdra_ray.rewards.catalog.JudgeOptions`) is
-    shared."""
+    """One critique + forced score per response. Subclasses set ``kind``, ``scale``, the prompt's ``system``
+    rubric, ``answer_label`` and closing ``instruction``, and ``default_critique_tokens``; the prompt layout and the
+    constructor (options of :class:`~cdra_ray.rewards.catalog.JudgeOptions`) are shared."""
 
     kind: ClassVar[str]
     scale: ClassVar[ScoreFormat]
-    render_prompt: ClassVar[RenderFn]
+    system: ClassVar[str]  # the rubric: what to judge, the scale, the score line to end with
+    answer_label: ClassVar[str]  # the line introducing the quoted response
+    instruction: ClassVar[str]  # the user turn's last line
     default_critique_tokens: ClassVar[int] = 128
+
+    @classmethod
+    def messages(cls, preference_slot: str, query_slot: str, response_slot: str) -> list[dict[str, str]]:
+        """System rubric + a user turn quoting P, q and the whole response (placeholders, filled when encoding)."""
+        user = "\n".join([
+            "User preference:",
+            f"<preference>\n{preference_slot}\n</preference>",
+            "",
+            "User question:",
+            f"<query>\n{query_slot}\n</query>",
+            "",
+            cls.answer_label,
+            f"<response>\n{response_slot}\n</response>",
+            "",
+            UNTRUSTED_NOTE,
+            cls.instruction,
+        ])
+        return [{"role": "system", "content": cls.system}, {"role": "user", "content": user}]
+
+    @classmethod
+    def render_prompt(cls, tokenizer, preference: str, query: str, response: str) -> list[int]:
+        """Token ids of the judge's prompt; P, q and the response are quoted untrusted text."""
+        messages = cls.messages(slot(0), slot(1), slot(2))
+        return render_quoted_prompt(tokenizer, messages, [preference.strip(), query.strip(), response.strip()])
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from cdra_ray.rewards.base import register_reward_model
 from cdra_ray.rewards.judge import HUNDRED_SCALE
-from cdra_ray.rewards.outcome_judge import SingleCritiqueJudgeModel, render_whole_response, whole_response_messages
+from cdra_ray.rewards.outcome_judge import SingleCritiqueJudgeModel
 
 RUBRIC = """You are the last reviewer of an assistant's complete answer to one particular user. Judge the answer as a
 whole, on three criteria, and award points for each:
@@ -37,23 +37,17 @@ FINAL SCORE: <integer from 0 to 100>
 and nothing after it."""
 
 
-def rubric_messages(preference_slot: str, query_slot: str, response_slot: str) -> list[dict[str, str]]:
-    return whole_response_messages(
-        RUBRIC, "The assistant's complete answer (its steps are its reasoning; its last step is the final answer):",
-        "Apply the three criteria, then end with the line FINAL SCORE: <integer from 0 to 100>.",
-        preference_slot, query_slot, response_slot)
-
-
-def render_rubric_prompt(tokenizer, preference: str, query: str, response: str) -> list[int]:
-    """Token ids of the rubric judge's prompt; P, q and the response are quoted untrusted text."""
-    return render_whole_response(tokenizer, rubric_messages, preference, query, response)
-
-
 @register_reward_model("rubric_rm")
 class RubricRM(SingleCritiqueJudgeModel):
     """Rubric judge: reasoning with points per criterion, then ``FINAL SCORE: 0..100`` -> reward in [-1, 1]."""
 
     kind = "rubric_rm"
     scale = HUNDRED_SCALE
-    render_prompt = staticmethod(render_rubric_prompt)
+    system = RUBRIC
+    answer_label = "The assistant's complete answer (its steps are its reasoning; its last step is the final answer):"
+    instruction = "Apply the three criteria, then end with the line FINAL SCORE: <integer from 0 to 100>."
     default_critique_tokens = 160
+
+
+rubric_messages = RubricRM.messages  # (P, q, response slots) -> chat messages
+render_rubric_prompt = RubricRM.render_prompt  # (tokenizer, P, q, response) -> prompt token ids

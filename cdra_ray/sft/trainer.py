@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import torch
 
 from cdra_ray.learner.engine import EngineSettings, create_deepspeed_engine
-from cdra_ray.learner.learner import Learner, atomic_directory, previous_path
+from cdra_ray.driver.checkpointing import _rng_state, _set_rng_state, atomic_directory, previous_path
+from cdra_ray.learner.learner import Learner
 from cdra_ray.sft.examples import Example
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class SFTTrainer:
         return Path(directory)
 
     def save_state(self, directory: str | Path) -> Path:
-        client = {"step": self.step, "rng": Learner._rng_state(self)}
+        client = {"step": self.step, "rng": _rng_state()}
         with atomic_directory(directory) as scratch:
             self.engine.save_checkpoint(str(scratch), tag=STATE_TAG, client_state=client, save_latest=False)
         return Path(directory)
@@ -215,7 +216,7 @@ class SFTTrainer:
         if path is None or client is None:
             raise RuntimeError(f"DeepSpeed could not load the SFT state from {str(directory)!r}")
         self.step = int(client["step"])
-        Learner._set_rng_state(client["rng"])
+        _set_rng_state(client["rng"])
         return self.step
 
     # ------------------------------------------------------------------ the loop
