@@ -57,8 +57,9 @@ def _running(ray, chain, stage: int) -> bool:
 
 
 class KillMidStage(threading.Thread):
-    """Kills, one after another, each ``(after_update, stage, kill)`` target while that stage of some chain is
-    running; records what it killed and when (driver update count)."""
+    """Kills, one after another, each ``(after_update, stage, actor, how)`` target while that stage of some chain
+    is running (``how``: "SIGKILL" of the actor's process, its pid asked beforehand so the kill is immediate, or
+    "ray.kill" with restart allowed); records ``(how, update)`` of each kill."""
 
     def __init__(self, driver, targets):
         super().__init__(daemon=True)
@@ -68,14 +69,16 @@ class KillMidStage(threading.Thread):
         import ray
 
         try:
-            for after_update, stage, kill in self.targets:
-                while True:
-                    if self.driver.state.policy_version >= after_update:
-                        chains = list(self.driver.in_flight.values())
-                        if any(_running(ray, c, stage) for c in chains):
-                            break
+            for after_update, stage, actor, how in self.targets:
+                while self.driver.state.policy_version < after_update:
                     time.sleep(0.002)
-                what = kill()
-                self.killed.append((what, self.driver.state.policy_version))
+                pid = pid_of(actor) if how == "SIGKILL" else None
+                while not any(_running(ray, c, stage) for c in list(self.driver.in_flight.values())):
+                    time.sleep(0.001)
+                if pid is not None:
+                    sigkill(pid)
+                else:
+                    ray.kill(actor, no_restart=False)
+                self.killed.append((how, self.driver.state.policy_version))
         except Exception as err:  # noqa: BLE001 - reported by the test
             self.error = err
