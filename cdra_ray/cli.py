@@ -9,6 +9,8 @@
     cdra-ray evaluate --config P [key=value ...]        Table 1 metrics of policies and prompting baselines
     cdra-ray recipe --config P [key=value ...]          every stage of the paper, resumable, one run directory
     cdra-ray serve-reward --config P [key=value ...]    serve the reward model over HTTP on Ray Serve
+    cdra-ray sft --task prm|rft|prm_head|scalar_rm --config sft_cpu_demo [key=value ...]   SFT -> HF checkpoint
+    cdra-ray prm-eval --config sft_cpu_demo [key=value ...]   critic quality before/after SFT on held-out scenarios
 """
 
 from __future__ import annotations
@@ -38,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
         p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p = sub.add_parser("sft", help="supervised fine-tuning: Pers-GenPRM critic, RFT policy, ablation reward models",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=("prm", "rft", "prm_head", "scalar_rm"), default=None,
+                   help="what to train (default: sft.task)")
+    p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    p = sub.add_parser("prm-eval", help="critic-quality report of Pers-GenPRM before/after SFT (held-out scenarios)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     p = sub.add_parser("check-data", help="validate a JSONL file of (preference, query) scenarios")
     p.add_argument("path", help="JSONL path or builtin:NAME")
     p.add_argument("--max-field-chars", type=int, default=None,
@@ -61,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cdra_ray.config import ConfigError, load_config, to_yaml
     from cdra_ray.data.scenarios import ScenarioDataError, load_scenarios
+    from cdra_ray.sft.data import SFTDataError
 
     try:
         if args.command == "config":
@@ -102,11 +115,26 @@ def main(argv: list[str] | None = None) -> int:
             from cdra_ray.serving.launch import serve_reward
 
             serve_reward(load_config(args.config, args.overrides))
+        elif args.command == "sft":
+            import json
+
+            from cdra_ray.sft.run import run_sft
+
+            final = run_sft(load_config(args.config, args.overrides), args.task)
+            evals = json.loads((final.parent / "summary.json").read_text())["evals"]
+            if len(evals) >= 2:
+                print(f"held-out loss {evals[0]['eval/loss']:.4f} (step {evals[0]['step']}) -> "
+                      f"{evals[-1]['eval/loss']:.4f} (step {evals[-1]['step']})")
+            print(final)
+        elif args.command == "prm-eval":
+            from cdra_ray.sft.prm_eval import run_prm_eval
+
+            print(run_prm_eval(load_config(args.config, args.overrides)))
         elif args.command == "train":
             from cdra_ray.train import train_command
 
             return train_command(load_config(args.config, args.overrides))
-    except (ConfigError, ScenarioDataError, FileNotFoundError) as err:
+    except (ConfigError, ScenarioDataError, SFTDataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

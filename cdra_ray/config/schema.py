@@ -20,6 +20,7 @@ from cdra_ray.config.construct import ConstructConfig
 from cdra_ray.config.evaluate import EvalConfig
 from cdra_ray.config.recipe import RecipeConfig
 from cdra_ray.config.serve import ServeConfig
+from cdra_ray.config.sft import SFTConfig
 
 DEMO_MODEL = "smollm2-135m-instruct"  # alias resolved by cdra_ray.models.embedded (shipped in a PyPI wheel)
 
@@ -165,3 +166,4 @@ class Config:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)

@@ -195,6 +195,15 @@ class CDPADriver:
             if self.restarts.observe(f"rollout worker {index}", worker):
                 self._catch_up_worker(index)
 
+    def _note_restarts(self) -> None:
+        """Count deaths between calls too (an idle actor killed loses nothing but is one more restart), and
+        catch up a rollout worker that was restarted while idle before it generates with its initial weights."""
+        for index, worker in enumerate(self.actors.rollout_workers):
+            if self.restarts.observe(f"rollout worker {index}", worker):
+                self._catch_up_worker(index)
+        self.restarts.observe("reward service", self.actors.reward)
+        self.restarts.observe("reference policy", self.actors.reference)
+
     def _start_incarnations(self) -> None:
         ray = self._ray
         named = [(f"rollout worker {i}", w) for i, w in enumerate(self.actors.rollout_workers)]
@@ -213,6 +222,7 @@ class CDPADriver:
                 raise learner_failure("training", version_before + 1, err, self.last_checkpoint) from err
         self.state.policy_version = int(learner_metrics["policy_version"])  # the learner counts versions
         self._publish()
+        self._note_restarts()
         for group in batch:
             for phase, seconds in group.timings.items():
                 self.timer.add(phase, seconds)

@@ -73,7 +73,15 @@ class KillMidStage(threading.Thread):
                 while self.driver.state.policy_version < after_update:
                     time.sleep(0.002)
                 pid = pid_of(actor) if how == "SIGKILL" else None
-                while not any(_running(ray, c, stage) for c in list(self.driver.in_flight.values())):
+                while True:
+                    running = [c for c in list(self.driver.in_flight.values()) if _running(ray, c, stage)]
+                    if running and stage > 0:
+                        # the call leaves the driver only once its input is ready: give it a moment to reach the
+                        # actor (a call still on the driver's side would simply wait for the restarted actor)
+                        time.sleep(0.02)
+                        running = [c for c in running if _running(ray, c, stage)]
+                    if running:
+                        break
                     time.sleep(0.001)
                 if pid is not None:
                     sigkill(pid)
