@@ -22,7 +22,8 @@ import sys
 EPILOG = """\
 Overrides are key=value pairs over the dotted keys of the config schema (cdra_ray/config/schema.py), e.g.
   train.total_updates=3 rollout.group_size=5 train.max_staleness=1 reward.kind=pers_genprm
-Presets live in configs/: cpu_demo, tiny_test, paper_qwen7b_4gpu.
+Presets live in configs/: cpu_demo, tiny_test, paper_qwen7b_4gpu (train); construct_cpu_demo, sft_cpu_demo,
+recipe_cpu_demo, recipe_paper (the other stages); *_tiny_test and serve_tiny (tests).
 Resume a stopped run with the same command plus run.resume=true.
 """
 
