@@ -30,6 +30,8 @@ HOSTILE_OVERRIDES = [
     (["reward.tts_samples=0"], ["reward.tts_samples"]),
     (["reward.options={bogus: 1}"], ["reward.options.bogus", "critique_max_tokens"]),
     (["rollout.engine=sglang"], ["rollout.engine", "vllm", "hf"]),
+    (["run.max_actor_restarts=-1"], ["run.max_actor_restarts", ">= 0"]),
+    (["train.save_every_minutes=-5"], ["train.save_every_minutes", ">= 0"]),
 ]
 
 

@@ -118,8 +118,9 @@ _POSITIVE = (
     "reward.kv_cache_gb", "reward.tensor_parallel_size",
 )
 _NON_NEGATIVE = (
-    "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm", "train.max_staleness", "train.save_every",
-    "rollout.num_cpus", "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus",
+    "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm",
+    "train.max_staleness", "train.save_every", "train.save_every_minutes", "train.keep_checkpoints",
+    "run.max_actor_restarts", "rollout.num_cpus", "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus",
     "learner.num_gpus", "reward.timeout_s", "reward.max_retries", "reward.max_concurrency",
 )
 
