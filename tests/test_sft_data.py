@@ -52,6 +52,11 @@ def test_shipped_samples_follow_the_contract():
      '"score": 0.5}', r"steps\[0\]"),
     ('{"id": "s/p0/s1", "scenario_id": "s", "preference": "p", "query": "q", "steps": ["a"], "score": 0.5}',
      "missing field 'critique'"),
+    # hostile JSON is refused by the same reader the scenario files use
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ('{"id": "s/p0/s1", "scenario_id": "s", "preference": "p", "query": "q", "steps": ["a"], "critique": "c", '
+     '"score": NaN}', "invalid JSON"),
+    ('{"id": "a", "id": "b"}', "invalid JSON"),
 ])
 def test_a_malformed_record_names_file_and_line(tmp_path, line, message):
     good = json.dumps({"id": "t/p0/s1", "scenario_id": "t", "preference": "p", "query": "q", "steps": ["a"],

@@ -27,6 +27,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from cdra_ray.messages import Scenario
 
@@ -138,15 +139,41 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
     return record
 
 
-def _parse_line(line: str, where: str):
+def _parse_line(line: str, where: str, error: type[Exception]):
     try:
         return json.loads(line, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
-        raise ScenarioDataError(f"{where}: invalid JSON at column {err.colno}: {err.msg}") from None
+        raise error(f"{where}: invalid JSON at column {err.colno}: {err.msg}") from None
     except RecursionError:
-        raise ScenarioDataError(f"{where}: invalid JSON: nested too deeply for the parser") from None
+        raise error(f"{where}: invalid JSON: nested too deeply for the parser") from None
     except ValueError as err:  # NaN/Infinity, duplicate keys, integers over Python's digit limit
-        raise ScenarioDataError(f"{where}: invalid JSON: {err}") from None
+        raise error(f"{where}: invalid JSON: {err}") from None
+
+
+def iter_jsonl_objects(file: Path, error: type[Exception] = ScenarioDataError) -> Iterator[tuple[int, str, dict]]:
+    """(line number, "file:line", object) for every non-blank line of a JSONL file.
+
+    Every problem (unreadable file, bad UTF-8, invalid or hostile JSON, a line that is not an object) raises
+    ``error`` naming the file and line; a leading UTF-8 byte-order mark is accepted.
+    """
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise error(f"{file}: cannot read it: {err.strerror}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (some editors write one)
+        raw = raw[3:]
+    for line_no, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{file}:{line_no}"
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise error(f"{where}: not valid UTF-8 (byte {err.start}): {err.reason}") from None
+        if not line.strip():
+            continue
+        record = _parse_line(line, where, error)
+        if not isinstance(record, dict):
+            raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield line_no, where, record
 
 
 def load_scenarios(path: str | Path, max_scenarios: int | None = None, *,
@@ -162,25 +189,9 @@ def load_scenarios(path: str | Path, max_scenarios: int | None = None, *,
     if isinstance(max_field_chars, bool) or not isinstance(max_field_chars, int) or max_field_chars < 1:
         raise ScenarioDataError(f"data.max_field_chars={max_field_chars!r}: must be a positive integer")
     file = resolve_data_path(str(path))
-    try:
-        raw = file.read_bytes()
-    except OSError as err:
-        raise ScenarioDataError(f"{file}: cannot read it: {err.strerror}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (some editors write one)
-        raw = raw[3:]
     scenarios: list[Scenario] = []
     seen_ids: dict[str, int] = {}
-    for line_no, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        where = f"{file}:{line_no}"
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ScenarioDataError(f"{where}: not valid UTF-8 (byte {err.start}): {err.reason}") from None
-        if not line.strip():
-            continue
-        record = _parse_line(line, where)
-        if not isinstance(record, dict):
-            raise ScenarioDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for line_no, where, record in iter_jsonl_objects(file):
         uid = _uid(record, f"{file.stem}/{line_no}", where, max_field_chars)
         if uid in seen_ids:
             raise ScenarioDataError(f"{where}: duplicate id {uid!r} (first on line {seen_ids[uid]})")

@@ -17,7 +17,6 @@ critic is never evaluated on a step whose earlier steps (same prompt prefix, sam
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cdra_ray.data.scenarios import SAMPLES_DIR
+from cdra_ray.data.scenarios import SAMPLES_DIR, iter_jsonl_objects
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +144,7 @@ def load_records(path: str | Path, kind: str) -> list:
     if not file.is_file():
         raise SFTDataError(f"{file}: file not found (sft.data)")
     records, seen = [], {}
-    for line_no, raw in enumerate(file.read_bytes().split(b"\n"), start=1):
-        where = f"{file}:{line_no}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise SFTDataError(f"{where}: not valid UTF-8 (byte {err.start})") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SFTDataError(f"{where}: invalid JSON at column {err.colno}: {err.msg}") from None
-        if not isinstance(record, dict):
-            raise SFTDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for line_no, where, record in iter_jsonl_objects(file, SFTDataError):
         parsed = PARSERS[kind](record, where)
         if parsed.uid in seen:
             raise SFTDataError(f"{where}: duplicate id {parsed.uid!r} (first on line {seen[parsed.uid]})")
