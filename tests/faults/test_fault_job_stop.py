@@ -28,7 +28,10 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_matches_an_uninterrupted_ru
     from cdra_ray.driver.checkpointing import latest_checkpoint, load_driver_state
 
     run_dir = tmp_path / "tiny_test"
-    proc = subprocess.Popen(_train(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a shell's background job (or a CI runner) may start us with it
+    # ignored, and an ignored SIGINT is inherited, so the child would never see the Ctrl-C.
+    proc = subprocess.Popen(_train(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not ((run_dir / "metrics.jsonl").exists() and len(read_jsonl(run_dir / "metrics.jsonl")) >= 2):
         assert proc.poll() is None, proc.communicate()[0][-3000:]
