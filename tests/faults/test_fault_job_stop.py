@@ -44,7 +44,9 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_matches_an_uninterrupted_ru
 
     checkpoint = latest_checkpoint(run_dir)
     stopped_at = load_driver_state(checkpoint)
-    assert stopped_at.policy_version >= 2 and checkpoint.name == f"update_{stopped_at.policy_version:06d}"
+    # SIGINT lands once update 2 is logged, possibly before its checkpoint is complete: the last complete one
+    # (update 1 or 2) must be intact, and the resume below must still give the uninterrupted order.
+    assert stopped_at.policy_version >= 1 and checkpoint.name == f"update_{stopped_at.policy_version:06d}"
     assert (checkpoint / "policy" / "model.safetensors").is_file() and (checkpoint / "learner_state").is_dir()
 
     resumed = subprocess.run(_train(tmp_path, "run.resume=true"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
