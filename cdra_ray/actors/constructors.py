@@ -20,10 +20,12 @@ class EngineSpec:
     options: Any = None  # the kind's options object (None = its defaults)
     num_threads: int = 1
 
-    def build(self):
+    def build(self, num_threads: int | None = None):
+        """The engine, with ``num_threads`` torch threads (None: the config's ``num_threads``; actors pass the
+        count from the CPUs Ray granted them)."""
         import torch
 
-        torch.set_num_threads(self.num_threads)
+        torch.set_num_threads(num_threads or self.num_threads)
         from cdra_ray.engines.factory import create_engine
 
         return create_engine(self.kind, self.model_dir, self.options)

@@ -78,6 +78,7 @@ class RewardConfig:
     critique_max_tokens: int = JudgeOptions.critique_max_tokens
     critique_temperature: float = JudgeOptions.critique_temperature
     score_mode: str = JudgeOptions.score_mode  # constrained (score line forced by a regex) | free (parse free text)
+    score_pass: str = JudgeOptions.score_pass  # constrained: streamed (score line right after its critique) | separate
     default_score: float = JudgeOptions.default_score  # used, and counted, when no score can be read at all
     parse_rate_floor: float = JudgeOptions.parse_rate_floor  # stop the run when fewer scores than this are read
     min_requests_for_floor: int = JudgeOptions.min_requests_for_floor

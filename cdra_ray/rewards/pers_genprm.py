@@ -75,6 +75,7 @@ class PersGenPRM(JudgeRewardModel):
         cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
+        score_pass: str = _D.score_pass,
     ) -> None:
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"PersGenPRM max_steps must be >= 1 or None, got {max_steps}")
@@ -82,6 +83,7 @@ class PersGenPRM(JudgeRewardModel):
             engine, STEP_SCALE, name="pers_genprm", critique_max_tokens=critique_max_tokens,
             temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
             cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+            score_pass=score_pass,
         )
         super().__init__(judge, parse_rate_floor=parse_rate_floor, min_requests_for_floor=min_requests_for_floor)
         self.max_steps = max_steps
