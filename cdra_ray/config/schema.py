@@ -58,6 +58,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     weight_sync: str = "object_store"  # object_store (CPU and GPU) | nccl (GPU: learner rank 0 broadcasts to vLLM)
+    # engine weights; None = model.dtype; auto = bfloat16 where the node computes it natively (AVX512-BF16/AMX CPUs,
+    # CUDA), else float32. The learner keeps model.dtype (pi_old is the learner's own log-prob, not the engine's).
+    dtype: Optional[str] = None
 
 
 @dataclass
@@ -65,7 +68,7 @@ class RewardConfig:
     kind: str = "pers_genprm"  # a name in cdra_ray.rewards.catalog.REWARDS
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
     engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
-    dtype: Optional[str] = None  # judge weights; None = model.dtype (a judge's scores need no fp32: bf16 is faster)
+    dtype: Optional[str] = None  # judge weights; None = model.dtype; auto = bfloat16 where the node has native bf16
     kv_block_size: Optional[int] = None  # vLLM KV block (tokens) = prefix-cache granularity; None = vLLM's (CPU 128)
     base_url: Optional[str] = None  # openai engine: e.g. http://judge-host:8000/v1
     served_model: Optional[str] = None  # openai engine: the model name the endpoint serves

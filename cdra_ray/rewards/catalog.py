@@ -21,7 +21,7 @@ SCORE_MODES = ("constrained", "free")
 SCORE_PASSES = ("streamed", "separate")
 TTS_AGGREGATES = ("mean", "vote")
 SCORE_TRANSFORMS = ("identity", "tanh")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: engines.catalog.host_dtype, where the model loads
 
 
 def _threads(config) -> int:

@@ -10,7 +10,9 @@ A batch of requests (rendered prompt token ids) goes through :class:`CritiqueSco
    call) and stops at the score keyword (``SCORE`` / ``FINAL SCORE``), so the judge never writes its own score;
    phase 2 continues prompt + critique + the score prefix greedily under a regex that admits only a number of the
    judge's scale. The critique goes back in as untrusted text (an echoed ``<|im_end|>`` stays text, never a
-   special token). ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
+   special token). ``score_pass="streamed"`` (engines with ``generate_continued``: vLLM) starts each score line
+   the moment its critique stops, in the same engine loop as the critiques still being written, instead of a
+   second pass that waits for the longest critique (``"separate"``, any engine); the scores are the same. ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
    yields a score gets one free generation per sample (constrained mode's fallback), then one greedy retry, then
    the configured default (counted, never cached).
 3. The sample scores of a request are mapped to the reward scale [-1, 1] and combined by

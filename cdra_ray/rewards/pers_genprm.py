@@ -5,8 +5,9 @@ How a batch is scored:
 1. Every (group, response, step) becomes one request, rendered with the judge's chat template
    (``prompts.py``). Requests already answered in an earlier batch come from the LRU cache; identical requests
    inside the batch are sent once.
-2. All remaining requests of all groups go to the engine together, one ``generate`` call per phase (every
-   step's request is independent of the others, so nothing waits for anything).
+2. All remaining requests of all groups go to the engine together, one engine run for both phases with
+   ``score_pass="streamed"`` (one ``generate`` call per phase with ``"separate"``); every step's request is
+   independent of the others, so nothing waits for anything.
 3. ``score_mode="constrained"`` (default) makes the score line structurally certain: phase 1 writes the
    critique freely and stops at the string "SCORE" (the model never writes its own score); phase 2 continues
    prompt + critique + "\\nSCORE:" greedily under a regex that only admits a number in [-1, 1]. Departure from
