@@ -336,7 +336,13 @@ def update_before_after(engine, args) -> dict:
                "seconds_median": base, "speedup_after_over_before": common.ratio(base["before"], base["after"]),
                "speedup_after_over_float32": common.ratio(base.get("before, float32", float("nan")), base["after"]),
                "same_scores": same_scores, "machine": machine}
-    common.print_report(table, "reward_update_before_after", payload, notes)
+    if args.skip_service:
+        common.print_report(table, "reward_update_before_after", payload, notes)
+    else:  # the service table's JSON line carries this payload too: one JSON line per run
+        print()
+        print(table)
+        for note in notes:
+            print(f"note: {note}")
     return payload
 
 
