@@ -315,7 +315,11 @@ def update_before_after(engine, args) -> dict:
         results["before, float32"] = {**child, "dtype": "float32", "block": "default", "score_pass": "separate"}
         names = ["before, float32"] + names
     base = {name: common.median(results[name]["seconds"]) for name in names}
-    same_scores = {name: results[name]["scores"] == results["before"]["scores"] for name in names}
+    # bf16 CPU kernels are not batch-invariant: when the score lines run beside other sequences, a near-tie in a
+    # greedy critique or score token can flip, so count the scores equal to before's rather than expect all
+    flat = {name: [x for g in results[name]["scores"] for r in g for x in r] for name in names}
+    same_scores = {name: f"{sum(a == b for a, b in zip(flat[name], flat['before']))}/{len(flat['before'])}"
+                   for name in names}
     rows = [[name, results[name]["dtype"], results[name]["block"], results[name]["score_pass"],
              results[name]["generated"], base[name], results[name]["parse_rate"],
              common.ratio(base["before"], base[name]), same_scores[name]] for name in names]
@@ -323,7 +327,7 @@ def update_before_after(engine, args) -> dict:
         for row, name in zip(rows, names):
             row.insert(8, common.ratio(base["before, float32"], base[name]))
     headers = ["settings", "judge dtype", "KV block", "score_pass", "requests", "s (median)", "parse rate",
-               "x before"] + (["x float32"] if "before, float32" in base else []) + ["same scores as before"]
+               "x before"] + (["x float32"] if "before, float32" in base else []) + ["scores equal to before's"]
     table = common.format_table(headers, rows, title=(
         f"Pers-GenPRM reward phase of one update: {args.update_groups} groups x G={args.group_size}, responses <= "
         f"{args.update_response_tokens} tokens (<= {args.max_steps} steps), greedy critiques <= "
@@ -332,7 +336,7 @@ def update_before_after(engine, args) -> dict:
     machine = common.machine_info()
     notes = [f"machine load average (1/5/15 min) at the end: {machine['load_avg_1_5_15']} on {os.cpu_count()} cores "
              "(a shared machine: read the ratios)"]
-    payload = {"results": {n: {k: v for k, v in r.items() if k != "scores"} for n, r in results.items()},
+    payload = {"results": results,
                "seconds_median": base, "speedup_after_over_before": common.ratio(base["before"], base["after"]),
                "speedup_after_over_float32": common.ratio(base.get("before, float32", float("nan")), base["after"]),
                "same_scores": same_scores, "machine": machine}
