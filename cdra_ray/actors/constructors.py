@@ -20,10 +20,12 @@ class EngineSpec:
     options: Any = None  # the kind's options object (None = its defaults)
     num_threads: int = 1
 
-    def build(self):
+    def build(self, num_threads: int | None = None):
+        """The engine, with ``num_threads`` torch threads (None: the config's ``num_threads``; actors pass the
+        count from the CPUs Ray granted them)."""
         import torch
 
-        torch.set_num_threads(self.num_threads)
+        torch.set_num_threads(num_threads or self.num_threads)
         from cdra_ray.engines.factory import create_engine
 
         return create_engine(self.kind, self.model_dir, self.options)
@@ -95,7 +97,7 @@ def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
     r = config.rollout
     # vllm: behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
     options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
-                             weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size,
+                             weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size, dtype=r.dtype,
                              logprobs_mode="processed_logprobs" if r.engine == "vllm" else None)
     return EngineSpec(r.engine, policy_dir, options, threads_for(r.num_cpus))
 

@@ -6,11 +6,13 @@ class, so the methods the driver calls are exactly the ones tested without Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
 import ray
 
+from cdra_ray.actors.environment import apply_granted_threads
 from cdra_ray.actors.reference_service import ReferenceService
 from cdra_ray.actors.reward_service import RewardService
 from cdra_ray.actors.rollout_worker import RolloutWorker
@@ -31,7 +33,7 @@ class Incarnation:
 class RolloutActor(RolloutWorker, Incarnation):
     def __init__(self, spec, worker_options: dict):
         configure_actor_logs("rollout")
-        super().__init__(spec.build(), **worker_options)
+        super().__init__(spec.build(apply_granted_threads(spec.num_threads, "rollout")), **worker_options)
 
 
 @ray.remote
@@ -39,8 +41,9 @@ class RewardActor(RewardService, Incarnation):
     def __init__(self, spec, entry, options):
         # entry: the reward kind's registry entry (cdra_ray.registry.Entry), options: its checked options
         configure_actor_logs("reward")
+        threads = apply_granted_threads(spec.num_threads, "reward")
         if entry.traits.get("needs_engine", True):  # judges generate text through an engine
-            model = entry.create(options, engine=spec.build())
+            model = entry.create(options, engine=spec.build(threads))
         else:  # classification heads and rules load what they need from the model directory
             model = entry.create(options, model_dir=spec.model_dir)
         super().__init__(model)
@@ -52,7 +55,8 @@ class ReferenceActor(ReferenceService, Incarnation):
         configure_actor_logs("reference")
         from cdra_ray.learner.reference import ReferencePolicy
 
-        super().__init__(ReferencePolicy(model_dir, **options))
+        threads = apply_granted_threads(options.get("num_threads", 1), "reference")
+        super().__init__(ReferencePolicy(model_dir, **{**options, "num_threads": threads}))
 
 
 @ray.remote
@@ -63,7 +67,8 @@ class LearnerActor(Incarnation):
         configure_actor_logs("learner")
         from cdra_ray.learner.learner import Learner
 
-        self.learner = Learner(settings)
+        threads = apply_granted_threads(settings.num_threads, "learner")
+        self.learner = Learner(dataclasses.replace(settings, num_threads=threads))
 
     def train_on_groups(self, groups):
         return self.learner.train_on_groups(groups)

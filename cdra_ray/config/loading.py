@@ -104,7 +104,8 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Con
 
 _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "reward.dtype": (None, "float32", "bfloat16", "float16"),
+    "reward.dtype": (None, "float32", "bfloat16", "float16", "auto"),
+    "rollout.dtype": (None, "float32", "bfloat16", "float16", "auto"),
     "learner.device": ("cpu", "cuda"),
     "rollout.weight_sync": ("object_store", "nccl"),
     "learner.offload_optimizer": ("none", "cpu"),

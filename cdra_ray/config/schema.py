@@ -58,6 +58,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     weight_sync: str = "object_store"  # object_store (CPU and GPU) | nccl (GPU: learner rank 0 broadcasts to vLLM)
+    # engine weights; None = model.dtype; auto = bfloat16 where the node computes it natively (AVX512-BF16/AMX CPUs,
+    # CUDA), else float32. The learner keeps model.dtype (pi_old is the learner's own log-prob, not the engine's).
+    dtype: Optional[str] = None
 
 
 @dataclass
@@ -65,7 +68,7 @@ class RewardConfig:
     kind: str = "pers_genprm"  # a name in cdra_ray.rewards.catalog.REWARDS
     model: Optional[str] = None  # judge / reward model directory; None = the demo model
     engine: str = "vllm"  # vllm | hf | openai (any OpenAI-compatible endpoint; reward.model = its tokenizer dir)
-    dtype: Optional[str] = None  # judge weights; None = model.dtype (a judge's scores need no fp32: bf16 is faster)
+    dtype: Optional[str] = None  # judge weights; None = model.dtype; auto = bfloat16 where the node has native bf16
     kv_block_size: Optional[int] = None  # vLLM KV block (tokens) = prefix-cache granularity; None = vLLM's (CPU 128)
     base_url: Optional[str] = None  # openai engine: e.g. http://judge-host:8000/v1
     served_model: Optional[str] = None  # openai engine: the model name the endpoint serves
@@ -78,6 +81,7 @@ class RewardConfig:
     critique_max_tokens: int = JudgeOptions.critique_max_tokens
     critique_temperature: float = JudgeOptions.critique_temperature
     score_mode: str = JudgeOptions.score_mode  # constrained (score line forced by a regex) | free (parse free text)
+    score_pass: str = JudgeOptions.score_pass  # constrained: streamed (score line right after its critique) | separate
     default_score: float = JudgeOptions.default_score  # used, and counted, when no score can be read at all
     parse_rate_floor: float = JudgeOptions.parse_rate_floor  # stop the run when fewer scores than this are read
     min_requests_for_floor: int = JudgeOptions.min_requests_for_floor

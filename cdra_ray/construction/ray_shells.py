@@ -7,7 +7,7 @@ import time
 
 import ray
 
-from cdra_ray.actors.environment import actor_env, threads_for
+from cdra_ray.actors.environment import actor_env, apply_granted_threads, threads_for
 from cdra_ray.construction.backend import BackendSettings, ModelBackend
 from cdra_ray.construction.engines import EngineServer, ModelSpec, RemoteEngine
 from cdra_ray.construction.search import CouncilSearch, SearchSettings
@@ -24,7 +24,7 @@ class EngineActor(EngineServer):
         from cdra_ray.logs import configure_actor_logs
 
         configure_actor_logs("construct-engine")
-        torch.set_num_threads(num_threads)
+        torch.set_num_threads(apply_granted_threads(num_threads, "construct-engine"))
         super().__init__(create_engine(spec.kind, spec.model_dir, **spec.options), max_wait_s=max_wait_s,
                          max_batch=max_batch)
 

@@ -84,6 +84,13 @@ def build_on_ray(config: Config, scenarios: list, writer: OutputWriter) -> dict:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            from cdra_ray.actors.environment import threads_for
+
+            busy = len({spec.key for spec in specs}) * c.num_engines * threads_for(c.engine_num_cpus)
+            if busy > (os.cpu_count() or 1):
+                log.warning("thread oversubscription: %d engine threads can be busy at once on %d cores "
+                            "(construct.num_engines=%d x construct.engine_num_cpus=%s per model); lower them",
+                            busy, os.cpu_count() or 1, c.num_engines, c.engine_num_cpus)
             ray.init(num_cpus=max(os.cpu_count() or 1, int(c.engine_num_cpus * c.num_engines * 2 + 1)),
                      include_dashboard=False, log_to_driver=True)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -83,6 +83,7 @@ class VLLMEngine:
         args.update(engine_kwargs)
         _ENGINE_STARTED_IN_PROCESS = str(self.model_dir)  # set before LLM(): a failed start poisons the process too
         self._llm = LLM(**args)
+        self._request_counter = 0  # ids of the requests generate_continued adds to the engine itself
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
 
     @property
@@ -96,24 +97,13 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: Sequence[list[int]], settings: SamplingSettings) -> list[list[Completion]]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import StructuredOutputsParams
 
         for index, prompt in enumerate(prompts):
             if len(prompt) == 0:
                 raise ValueError(f"prompt {index} is empty: an engine needs at least one prompt token")
         greedy = settings.temperature == 0
-        params = SamplingParams(
-            n=1 if greedy else settings.n,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_new_tokens,
-            seed=settings.seed,
-            stop=list(settings.stop) or None,
-            logprobs=0,  # 0 = only the sampled token's log-prob
-            structured_outputs=StructuredOutputsParams(regex=settings.regex) if settings.regex is not None else None,
-        )
+        params = self._params(settings)
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False
         )
@@ -124,6 +114,89 @@ class VLLMEngine:
                 completions = [_copy(completions[0]) for _ in range(settings.n)]
             results.append(completions)
         return results
+
+    def generate_continued(
+        self,
+        prompts: Sequence[list[int]],
+        first: SamplingSettings,
+        follow_up: Callable[[int, Completion], list[int] | None],
+        second: SamplingSettings,
+    ) -> tuple[list[list[Completion]], list[list[Completion | None]]]:
+        """Two dependent phases in one engine loop: each first-phase completion ``k`` of prompt ``i`` is handed to
+        ``follow_up(i, completion)`` the moment it finishes, and the prompt that returns (None: no second phase)
+        joins the running batch with ``second`` settings (``n`` must be 1), while other first-phase requests
+        still decode. Same results as two ``generate`` calls (greedy; the prefix cache serves the shared part),
+        without a second pass that waits for the slowest first-phase request and then runs alone.
+
+        Returns the first-phase completions per prompt and, aligned with them, the second-phase ones."""
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        if second.n != 1:
+            raise ValueError(f"generate_continued: the second phase takes n=1, got n={second.n}")
+        for index, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {index} is empty: an engine needs at least one prompt token")
+        engine = self._llm.llm_engine
+        if engine.has_unfinished_requests():
+            raise RuntimeError("generate_continued: the engine has unfinished requests from another caller")
+        greedy = first.temperature == 0
+        firsts: list[list[Completion]] = [[] for _ in prompts]
+        seconds: list[list[Completion | None]] = [[] for _ in prompts]
+        owner: dict[str, tuple[str, int, int]] = {}  # request id -> (phase, prompt index, completion index)
+        internal: dict[str, str] = {}
+
+        def add(phase: str, index: int, k: int, ids: list[int], settings: SamplingSettings) -> None:
+            params = self._params(settings)
+            params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: one output per finished request
+            self._request_counter += 1
+            request_id = f"cdra-{phase}-{self._request_counter}"  # outputs carry this id; vLLM's own for aborts
+            internal[request_id] = engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(ids)), params)
+            owner[request_id] = (phase, index, k)
+
+        def finish_first(index: int, completions: list[Completion]) -> None:
+            if greedy and first.n > 1:
+                completions = [_copy(completions[0]) for _ in range(first.n)]
+            firsts[index] = completions
+            seconds[index] = [None] * len(completions)
+            for k, completion in enumerate(completions):
+                ids = follow_up(index, completion)
+                if ids:
+                    add("b", index, k, ids, second)
+
+        try:
+            for index, prompt in enumerate(prompts):
+                add("a", index, 0, prompt, first)
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if not output.finished or output.request_id not in owner:
+                        continue
+                    phase, index, k = owner.pop(output.request_id)
+                    completions = [_to_completion(o) for o in sorted(output.outputs, key=lambda o: o.index)]
+                    if phase == "a":
+                        finish_first(index, completions)
+                    else:
+                        seconds[index][k] = completions[0]
+        except BaseException:
+            if owner:
+                engine.abort_request([internal[r] for r in owner], internal=True)
+            raise
+        return firsts, seconds
+
+    def _params(self, settings: SamplingSettings):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        return SamplingParams(
+            n=1 if settings.temperature == 0 else settings.n,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            seed=settings.seed,
+            stop=list(settings.stop) or None,
+            logprobs=0,  # 0 = only the sampled token's log-prob
+            structured_outputs=StructuredOutputsParams(regex=settings.regex) if settings.regex is not None else None,
+        )
 
     def sequence_logprobs(self, prompt_ids: list[int], continuation_ids: list[int]) -> list[float]:
         """Scores via ``prompt_logprobs`` on prompt + continuation (one throw-away generated token)."""

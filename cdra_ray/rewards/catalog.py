@@ -18,9 +18,10 @@ from cdra_ray.registry import Registry, check_choice, check_number, options_from
 REWARDS = Registry("reward.kind", "reward kind")
 
 SCORE_MODES = ("constrained", "free")
+SCORE_PASSES = ("streamed", "separate")
 TTS_AGGREGATES = ("mean", "vote")
 SCORE_TRANSFORMS = ("identity", "tanh")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")  # auto: engines.catalog.host_dtype, where the model loads
 
 
 def _threads(config) -> int:
@@ -39,10 +40,14 @@ class _JudgeCommon:
     parse_rate_floor: float = 0.95  # stop the run when fewer scores than this are read from the model
     min_requests_for_floor: int = 20
     cache_size: int = 100_000
+    # constrained mode: "streamed" starts each forced score line as soon as its critique stops, in the same engine
+    # loop (engines with generate_continued: vLLM); "separate" runs all score lines as a second pass afterwards
+    score_pass: str = "streamed"
 
     def __post_init__(self):
         check_number("critique_max_tokens", self.critique_max_tokens, low=1, integer=True)
         check_choice("score_mode", self.score_mode, SCORE_MODES)
+        check_choice("score_pass", self.score_pass, SCORE_PASSES)
         check_number("default_score", self.default_score, low=-1.0, high=1.0)
         check_number("parse_rate_floor", self.parse_rate_floor, low=0.0, high=1.0)
         check_number("min_requests_for_floor", self.min_requests_for_floor, low=1, integer=True)

@@ -10,9 +10,12 @@ A batch of requests (rendered prompt token ids) goes through :class:`CritiqueSco
    call) and stops at the score keyword (``SCORE`` / ``FINAL SCORE``), so the judge never writes its own score;
    phase 2 continues prompt + critique + the score prefix greedily under a regex that admits only a number of the
    judge's scale. The critique goes back in as untrusted text (an echoed ``<|im_end|>`` stays text, never a
-   special token). ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples
-   yields a score gets one free generation per sample (constrained mode's fallback), then one greedy retry, then
-   the configured default (counted, never cached).
+   special token). ``score_pass="streamed"`` (engines with ``generate_continued``: vLLM) starts each score line
+   the moment its critique stops, in the same engine loop as the critiques still being written, instead of a
+   second pass that waits for the longest critique (``"separate"``, any engine); the scores are the same.
+   ``score_mode="free"``: one free generation per sample, parsed. A request none of whose samples yields a score
+   gets one free generation per sample (constrained mode's fallback), then one greedy retry, then the configured
+   default (counted, never cached).
 3. The sample scores of a request are mapped to the reward scale [-1, 1] and combined by
    :func:`aggregate_scores` (``mean`` or ``vote``); with one sample that is just the score.
 
@@ -46,6 +49,7 @@ from cdra_ray.rewards.prompts import encode_text, encode_untrusted
 logger = logging.getLogger(__name__)
 
 SCORE_MODES = ("constrained", "free")
+SCORE_PASSES = ("streamed", "separate")
 AGGREGATES = ("mean", "vote")
 
 # A number in [-1, 1] with at most two decimals: -1, -0.35, 0, 0.7, 1.0 (an optional leading space lets the
@@ -150,8 +154,11 @@ class CritiqueScoreJudge:
         cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
+        score_pass: str = _D.score_pass,
     ) -> None:
         where = f"{name}:"
+        if score_pass not in SCORE_PASSES:
+            raise ValueError(f"{where} score_pass must be one of {SCORE_PASSES}, got {score_pass!r}")
         if score_mode not in SCORE_MODES:
             raise ValueError(f"{where} score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
         if aggregate not in AGGREGATES:
@@ -181,6 +188,7 @@ class CritiqueScoreJudge:
         self.vote_decimals = vote_decimals
         self.score_max_tokens = score_max_tokens
         self.seed = seed
+        self.score_pass = score_pass
         self.cache: LRUCache[Verdict] = LRUCache(cache_size)
         self.settings_tag = (
             f"{name}|mode={score_mode}|cmax={critique_max_tokens}|temp={temperature}|k={samples}|agg={aggregate}"
@@ -280,28 +288,42 @@ class CritiqueScoreJudge:
             ))
         return verdicts
 
-    def _constrained(self, prompts, found, route, raw) -> None:
-        critiques = self._call(prompts, self._critique_settings())
+    def _score_prompt(self, prompt: list[int], critique: str) -> list[int]:
+        """Prompt + critique + the score prefix: the critique continues the prompt as text (a special-token string
+        it may have echoed from the response stays text); then the score line is forced."""
         tokenizer = self.engine.tokenizer
-        owners, score_prompts, texts = [], [], []
-        for i, completions in enumerate(critiques):
-            for c in completions:
-                text = clean_critique(c.text)
-                owners.append(i)
-                texts.append(text)
-                # the critique continues the prompt as text (a special-token string it may have echoed from the
-                # response stays text); then the score line is forced
-                critique_ids = encode_untrusted(tokenizer, text + "\n") if text else []
-                score_prompts.append(prompts[i] + critique_ids + encode_text(tokenizer, self.fmt.prefix))
-        try:
-            scored = [o[0] for o in self._call(score_prompts, self._score_settings())]
-        except NotImplementedError as err:  # an engine that cannot constrain: the free-form route takes over
-            if not self._warned_no_regex:
-                logger.warning("%s: engine %s has no regex-constrained decoding (%s); parsing free-form output",
-                               self.name, type(self.engine).__name__, err)
-                self._warned_no_regex = True
-            scored = [Completion(text="", token_ids=[], logprobs=[], finish_reason="stop") for _ in score_prompts]
+        critique_ids = encode_untrusted(tokenizer, critique + "\n") if critique else []
+        return prompt + critique_ids + encode_text(tokenizer, self.fmt.prefix)
+
+    def _constrained(self, prompts, found, route, raw) -> None:
+        continued = getattr(self.engine, "generate_continued", None)
+        if self.score_pass == "streamed" and callable(continued):
+            # each forced score starts as soon as its critique stops, beside the critiques still being written
+            critiques, scores = continued(prompts, self._critique_settings(),
+                                          lambda i, c: self._score_prompt(prompts[i], clean_critique(c.text)),
+                                          self._score_settings())
+            if len(critiques) != len(prompts) or any(len(c) != self.samples or len(s) != self.samples
+                                                     for c, s in zip(critiques, scores)):
+                raise RuntimeError(f"{self.name}: engine returned {[len(c) for c in critiques]} critiques for "
+                                   f"{len(prompts)} prompts with n={self.samples}")
+            owners = [i for i, cs in enumerate(critiques) for _ in cs]
+            texts = [clean_critique(c.text) for cs in critiques for c in cs]
+            scored = [s for ss in scores for s in ss]
+        else:
+            critiques = self._call(prompts, self._critique_settings())
+            owners = [i for i, cs in enumerate(critiques) for _ in cs]
+            texts = [clean_critique(c.text) for cs in critiques for c in cs]
+            score_prompts = [self._score_prompt(prompts[i], text) for i, text in zip(owners, texts)]
+            try:
+                scored = [o[0] for o in self._call(score_prompts, self._score_settings())]
+            except NotImplementedError as err:  # an engine that cannot constrain: the free-form route takes over
+                if not self._warned_no_regex:
+                    logger.warning("%s: engine %s has no regex-constrained decoding (%s); parsing free-form output",
+                                   self.name, type(self.engine).__name__, err)
+                    self._warned_no_regex = True
+                scored = [None] * len(score_prompts)
         for i, text, c in zip(owners, texts, scored):
+            c = c or Completion(text="", token_ids=[], logprobs=[], finish_reason="stop")
             raw[i] = text + "\n" + self.fmt.prefix + c.text
             value = self._read(self.fmt.prefix + " " + c.text.strip())
             if value is not None:

@@ -90,12 +90,14 @@ class SingleCritiqueJudgeModel(OutcomeJudgeModel):
         cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
+        score_pass: str = _D.score_pass,
     ) -> None:
         judge = CritiqueScoreJudge(
             engine, self.scale, name=self.kind,
             critique_max_tokens=critique_max_tokens or self.default_critique_tokens,
             temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
             cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+            score_pass=score_pass,
         )
         super().__init__(judge, type(self).render_prompt, parse_rate_floor=parse_rate_floor,
                          min_requests_for_floor=min_requests_for_floor)

@@ -5,8 +5,9 @@ How a batch is scored:
 1. Every (group, response, step) becomes one request, rendered with the judge's chat template
    (``prompts.py``). Requests already answered in an earlier batch come from the LRU cache; identical requests
    inside the batch are sent once.
-2. All remaining requests of all groups go to the engine together, one ``generate`` call per phase (every
-   step's request is independent of the others, so nothing waits for anything).
+2. All remaining requests of all groups go to the engine together, one engine run for both phases with
+   ``score_pass="streamed"`` (one ``generate`` call per phase with ``"separate"``); every step's request is
+   independent of the others, so nothing waits for anything.
 3. ``score_mode="constrained"`` (default) makes the score line structurally certain: phase 1 writes the
    critique freely and stops at the string "SCORE" (the model never writes its own score); phase 2 continues
    prompt + critique + "\\nSCORE:" greedily under a regex that only admits a number in [-1, 1]. Departure from
@@ -75,6 +76,7 @@ class PersGenPRM(JudgeRewardModel):
         cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
+        score_pass: str = _D.score_pass,
     ) -> None:
         if max_steps is not None and max_steps < 1:
             raise ValueError(f"PersGenPRM max_steps must be >= 1 or None, got {max_steps}")
@@ -82,6 +84,7 @@ class PersGenPRM(JudgeRewardModel):
             engine, STEP_SCALE, name="pers_genprm", critique_max_tokens=critique_max_tokens,
             temperature=critique_temperature, score_mode=score_mode, default_score=default_score,
             cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+            score_pass=score_pass,
         )
         super().__init__(judge, parse_rate_floor=parse_rate_floor, min_requests_for_floor=min_requests_for_floor)
         self.max_steps = max_steps

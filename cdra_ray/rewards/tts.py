@@ -43,6 +43,7 @@ class TTSGenRM(OutcomeJudgeModel):
         cache_size: int = _D.cache_size,
         score_max_tokens: int = 8,
         seed: int | None = None,
+        score_pass: str = _D.score_pass,
     ) -> None:
         if samples > 1 and temperature <= 0:
             raise ValueError(f"tts: temperature must be > 0 when samples > 1 (k greedy critiques are identical), "
@@ -51,6 +52,7 @@ class TTSGenRM(OutcomeJudgeModel):
             engine, STEP_SCALE, name="tts", critique_max_tokens=critique_max_tokens, temperature=temperature,
             score_mode=score_mode, default_score=default_score, samples=samples, aggregate=aggregate,
             vote_decimals=vote_decimals, cache_size=cache_size, score_max_tokens=score_max_tokens, seed=seed,
+            score_pass=score_pass,
         )
         super().__init__(judge, render_outcome_prompt, parse_rate_floor=parse_rate_floor,
                          min_requests_for_floor=min_requests_for_floor)

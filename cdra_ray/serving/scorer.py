@@ -71,13 +71,14 @@ class RecordScorer:
 def build_scorer(config, reward_dir: str) -> RecordScorer:
     """The configured reward model (``reward`` section) in a :class:`RecordScorer` (``serve`` section)."""
     from cdra_ray.actors.constructors import reward_engine_spec, reward_model
+    from cdra_ray.actors.environment import apply_granted_threads
 
     entry, options = reward_model(config)
     if any(f.name == "parse_rate_floor" for f in dataclasses.fields(options)):
         options = dataclasses.replace(options, parse_rate_floor=0.0)  # reported instead (module docstring)
     spec = reward_engine_spec(config, reward_dir)
     if entry.traits.get("needs_engine", True):  # judges generate text through an engine
-        model = entry.create(options, engine=spec.build())
+        model = entry.create(options, engine=spec.build(apply_granted_threads(spec.num_threads, "reward-serve")))
     else:  # classification heads and rules load what they need from the model directory
         model = entry.create(options, model_dir=spec.model_dir)
     return RecordScorer(RewardService(model), aggregate=config.serve.aggregate, unparsed=config.serve.unparsed)
