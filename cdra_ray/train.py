@@ -59,6 +59,7 @@ def resolve_model_dirs(config: Config) -> tuple[str, str, str]:
 def init_ray(config: Config) -> None:
     import ray
 
+    from cdra_ray.actors.placement import custom_resource_demand
     from cdra_ray.actors.wiring import total_cpus
 
     if ray.is_initialized():
@@ -67,8 +68,9 @@ def init_ray(config: Config) -> None:
     if address:  # a cluster (also the case inside `ray job submit`)
         ray.init(address=address, log_to_driver=True)
     else:  # a local runtime; logical CPUs may exceed cores: actors mostly take turns on a small machine
+        # one node offers every custom resource the roles ask for, so a config written for a cluster runs here too
         ray.init(num_cpus=max(int(total_cpus(config) + 0.999), os.cpu_count() or 1), log_to_driver=True,
-                 include_dashboard=False)
+                 include_dashboard=False, resources=custom_resource_demand(config) or None)
 
 
 def build_run(config: Config):

@@ -58,6 +58,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
     weight_sync: str = "object_store"  # object_store (CPU and GPU) | nccl (GPU: learner rank 0 broadcasts to vLLM)
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources per worker, e.g. {gpu_a100: 1}
 
 
 @dataclass
@@ -98,6 +99,8 @@ class RewardConfig:
     kv_cache_gb: float = 2.0
     max_model_len: int = 4096
     tensor_parallel_size: int = 1  # the judge engine's own TP; reward.num_gpus must equal it when > 1
+    num_replicas: int = 1  # reward actors; each group goes to the replica with the fewest calls outstanding
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources per replica
 
 
 @dataclass
@@ -127,6 +130,7 @@ class LearnerConfig:
     offload_optimizer: str = "none"  # none | cpu: fp32 master weights + AdamW state in CPU RAM (ZeRO >= 1)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources of the learner and reference
 
 
 @dataclass
