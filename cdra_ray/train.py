@@ -59,6 +59,7 @@ def resolve_model_dirs(config: Config) -> tuple[str, str, str]:
 def init_ray(config: Config) -> None:
     import ray
 
+    from cdra_ray.actors.placement import custom_resource_demand
     from cdra_ray.actors.wiring import total_cpus
 
     if ray.is_initialized():
@@ -72,8 +73,9 @@ def init_ray(config: Config) -> None:
         problem = oversubscription(config, os.cpu_count() or 1)
         if problem:
             log.warning("thread oversubscription: %s", problem)
+        # one node offers every custom resource the roles ask for, so a config written for a cluster runs here too
         ray.init(num_cpus=max(int(total_cpus(config) + 0.999), os.cpu_count() or 1), log_to_driver=True,
-                 include_dashboard=False)
+                 include_dashboard=False, resources=custom_resource_demand(config) or None)
 
 
 def build_run(config: Config):

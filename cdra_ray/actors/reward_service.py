@@ -8,6 +8,7 @@ one engine call. Keeps the run's cumulative reward metrics (parse rate, cache hi
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from cdra_ray.actors.batching import MicroBatcher
 from cdra_ray.messages import Group
@@ -18,6 +19,7 @@ class RewardService:
     def __init__(self, model: RewardModel, *, max_wait_s: float = 0.05):
         self.model = model
         self.totals = RewardMetrics()
+        self.groups_scored = 0
         self._batcher: MicroBatcher[Group, Group] = MicroBatcher(self.score_groups, max_wait_s=max_wait_s)
 
     def score_group(self, group: Group) -> Group:
@@ -33,10 +35,31 @@ class RewardService:
         for group, output in zip(groups, outputs):
             scored.append(output.attach(group).with_timing("reward", share))
             self.totals = self.totals.merge(output.metrics)
+        self.groups_scored += len(groups)
         return scored
+
+    def counts(self) -> ServiceCounts:
+        """The running totals as counts, which add up across replicas (:mod:`cdra_ray.actors.reward_pool`)."""
+        return ServiceCounts(self.totals, len(self._batcher.batch_sizes), self.groups_scored)
 
     def metrics(self) -> dict[str, float]:
         """Cumulative over the run so far (parse rate is a run-level figure, like its floor)."""
+        return self.counts().to_log_dict()
+
+
+@dataclass(frozen=True)
+class ServiceCounts:
+    """What one reward service has done so far: request outcomes, engine batches, groups scored."""
+
+    totals: RewardMetrics
+    batches: int
+    groups: int
+
+    def merge(self, other: ServiceCounts) -> ServiceCounts:
+        return ServiceCounts(self.totals.merge(other.totals), self.batches + other.batches, self.groups + other.groups)
+
+    def to_log_dict(self) -> dict[str, float]:
         out = self.totals.to_log_dict("reward/")
-        out["reward/batches"] = float(len(self._batcher.batch_sizes))
+        out["reward/batches"] = float(self.batches)
+        out["reward/groups"] = float(self.groups)
         return out

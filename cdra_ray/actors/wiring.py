@@ -2,7 +2,11 @@
 
 The shells are in ``shells.py``, their constructor arguments in ``constructors.py``, the process environment in
 ``environment.py`` and the weight publishers in ``publishers.py``. Resources come from the config
-(``rollout.num_cpus``, ``learner.num_gpus``...).
+(``rollout.num_cpus``, ``learner.num_gpus``...). Placement is by Ray resources only, never by host name: a role's
+``resources`` (``rollout.resources``, ``reward.resources``, ``learner.resources`` for the learner and the
+reference) are custom resources its actors ask for, so nodes started with ``ray start --resources '{"node_b":
+8}'`` take exactly the roles that name ``node_b``. ``reward.num_replicas`` > 1 starts that many reward actors
+behind a :class:`~cdra_ray.actors.reward_pool.RewardPool`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from cdra_ray.actors.constructors import (
     rollout_worker_options,
 )
 from cdra_ray.actors.environment import actor_env, threads_for  # noqa: F401  (threads_for: re-exported)
+from cdra_ray.actors.placement import check_custom_resources, custom_resources
 from cdra_ray.actors.publishers import create_publisher
+from cdra_ray.actors.reward_pool import RewardPool
 from cdra_ray.actors.shells import LearnerActor, ReferenceActor, RewardActor, RolloutActor
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.driver import Actors
@@ -38,38 +44,52 @@ def restart_options(config: Config) -> dict:
 def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir: str) -> Actors:
     """Create every actor of a run; returns once all of them have finished loading their models."""
     configure_run_logs(config)  # before the actors: their environment carries where their logs go
+    check_custom_resources(config, ray.cluster_resources())  # a missing resource would wait forever, silently
     r, w, lc = config.rollout, config.reward, config.learner
     device = lc.device
     workers = [
         RolloutActor.options(num_cpus=r.num_cpus, num_gpus=r.num_gpus * r.tensor_parallel_size,
                              max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
+                             **custom_resources(r.resources),
                              runtime_env={"env_vars": actor_env(r.num_cpus, r.engine, r.kv_cache_gb, device)},
                              name=None).remote(rollout_engine_spec(config, policy_dir), rollout_worker_options(config))
         for _ in range(r.num_workers)
     ]
-    reward = RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,
-                                 **restart_options(config),
-                                 runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
-                                 ).remote(reward_engine_spec(config, reward_dir), *reward_model(config))
+    replicas = [
+        RewardActor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, max_concurrency=MAX_CONCURRENT_CALLS,
+                            **restart_options(config), **custom_resources(w.resources),
+                            runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
+                            ).remote(reward_engine_spec(config, reward_dir), *reward_model(config))
+        for _ in range(w.num_replicas)
+    ]
     reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
                                        max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
+                                       **custom_resources(lc.resources),
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                        ).remote(reference_dir, reference_options(config))
     learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0,
+                                   **custom_resources(lc.resources),
                                    runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                    ).remote(learner_settings(config, policy_dir))
     # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
-    ray.get([a.__ray_ready__.remote() for a in [*workers, reward, reference, learner]])
+    ray.get([a.__ray_ready__.remote() for a in [*workers, *replicas, reference, learner]])
     publisher = create_publisher(r.weight_sync, learner, workers, r.tensor_parallel_size)
+    reward = replicas[0] if len(replicas) == 1 else RewardPool(replicas)
     return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner,
                   weight_publisher=publisher)
 
 
+def reward_replicas(actors: Actors) -> list:
+    """Every reward actor of the run (one, or the replicas of a pool)."""
+    return actors.reward.replicas if isinstance(actors.reward, RewardPool) else [actors.reward]
+
+
 def stop_actors(actors: Actors) -> None:
-    for actor in [*actors.rollout_workers, actors.reward, actors.reference, actors.learner]:
+    for actor in [*actors.rollout_workers, *reward_replicas(actors), actors.reference, actors.learner]:
         ray.kill(actor)
 
 
 def total_cpus(config: Config) -> float:
     c = config
-    return c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus + 2 * c.learner.num_cpus
+    return (c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus * c.reward.num_replicas
+            + 2 * c.learner.num_cpus)

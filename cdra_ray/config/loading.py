@@ -43,6 +43,10 @@ def _merge(base, other, source: str, dotted: str | None = None):
         key = getattr(err, "full_key", None) or dotted or _failing_key(base, other) or "?"
         msg = getattr(err, "msg", None) or str(err)
         raise ConfigError(f"{source}: invalid key or value at {key!r}: {msg.splitlines()[0]}") from None
+    except TypeError as err:  # OmegaConf: a list given where the schema has a mapping (or the reverse)
+        key = dotted or _failing_key(base, other) or "?"
+        raise ConfigError(f"{source}: invalid value at {key!r}: {err} (a mapping is expected as "
+                          f"{{name: value}}, a list as [a, b])") from None
 
 
 def _failing_key(base, other) -> str | None:
@@ -52,7 +56,7 @@ def _failing_key(base, other) -> str | None:
     for key in other:
         try:
             OmegaConf.merge(base, {key: other[key]})
-        except OmegaConfBaseException:
+        except (OmegaConfBaseException, TypeError):
             return str(key)
     return None
 
@@ -116,7 +120,7 @@ _POSITIVE = (
     "rollout.num_workers", "rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
     "rollout.max_model_len", "learner.micro_batch_size", "learner.ppo_epochs", "train.total_updates",
     "train.groups_per_update", "rollout.tensor_parallel_size", "reward.max_model_len", "rollout.kv_cache_gb",
-    "reward.kv_cache_gb", "reward.tensor_parallel_size",
+    "reward.kv_cache_gb", "reward.tensor_parallel_size", "reward.num_replicas",
 )
 _NON_NEGATIVE = (
     "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm",
@@ -146,6 +150,27 @@ def _non_finite(node, prefix: str = ""):
         yield prefix, node
 
 
+# Ray's built-in resources have keywords of their own (num_cpus, num_gpus, memory): refused as custom resources
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+RESOURCE_KEYS = ("rollout.resources", "reward.resources", "learner.resources")
+
+
+def check_resources(config: Config) -> None:
+    """Custom Ray resources per role (placement by node type, never by host name): names and amounts."""
+    for key in RESOURCE_KEYS:
+        for name, amount in _get(config, key).items():
+            if not isinstance(name, str) or not name.strip():
+                raise ConfigError(f"{key}: resource name {name!r} must be a non-empty string")
+            if name in RESERVED_RESOURCES:
+                role = key.split(".")[0]
+                raise ConfigError(f"{key}.{name}: Ray's built-in resource; set {role}.num_cpus / {role}.num_gpus "
+                                  f"instead (custom resources are the names you gave nodes with "
+                                  f"`ray start --resources`)")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+                raise ConfigError(f"{key}.{name}={amount!r}: must be a number > 0 (how much of that resource one "
+                                  f"actor of the role takes)")
+
+
 def validate(config: Config) -> None:
     """Range and choice checks the type system cannot express; raises :class:`ConfigError` naming the key.
 
@@ -164,6 +189,7 @@ def validate(config: Config) -> None:
     for key in _NON_NEGATIVE:
         if _get(config, key) < 0:
             raise ConfigError(f"{key}={_get(config, key)!r}: must be >= 0")
+    check_resources(config)
     a, r, w = config.algorithm, config.rollout, config.reward
     if not 0.0 < a.clip_eps < 1.0:
         raise ConfigError(f"algorithm.clip_eps={a.clip_eps}: must be in (0, 1)")

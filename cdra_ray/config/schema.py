@@ -61,6 +61,7 @@ class RolloutConfig:
     # engine weights; None = model.dtype; auto = bfloat16 where the node computes it natively (AVX512-BF16/AMX CPUs,
     # CUDA), else float32. The learner keeps model.dtype (pi_old is the learner's own log-prob, not the engine's).
     dtype: Optional[str] = None
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources per worker, e.g. {gpu_a100: 1}
 
 
 @dataclass
@@ -102,6 +103,8 @@ class RewardConfig:
     kv_cache_gb: float = 2.0
     max_model_len: int = 4096
     tensor_parallel_size: int = 1  # the judge engine's own TP; reward.num_gpus must equal it when > 1
+    num_replicas: int = 1  # reward actors; each group goes to the replica with the fewest calls outstanding
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources per replica
 
 
 @dataclass
@@ -131,6 +134,7 @@ class LearnerConfig:
     offload_optimizer: str = "none"  # none | cpu: fp32 master weights + AdamW state in CPU RAM (ZeRO >= 1)
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources of the learner and reference
 
 
 @dataclass

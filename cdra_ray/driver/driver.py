@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from cdra_ray.actors.reward_pool import RewardPool
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.checkpointing import DriverState, save_checkpoint
-from cdra_ray.driver.faults import RestartTracker, actor_death_type, learner_failure, raises_actor_death
+from cdra_ray.driver.faults import (ActorFailure, RestartTracker, actor_death_type, learner_failure,
+                                    raises_actor_death)
 from cdra_ray.driver.metrics import MetricsWriter
 from cdra_ray.driver.schedule import GroupBuffer
 from cdra_ray.driver.timers import PhaseTimer
@@ -41,7 +43,7 @@ class Actors:
     """Handles of the Ray actors of one run (built by :func:`cdra_ray.actors.wiring.start_actors`)."""
 
     rollout_workers: list[Any]
-    reward: Any
+    reward: Any  # one reward actor, or a RewardPool of replicas with the same calls (reward.num_replicas)
     reference: Any
     learner: Any
     weight_publisher: Any  # .publish(policy_version, wait, workers=None): object store, or NCCL broadcast (GPU)
@@ -169,7 +171,9 @@ class CDPADriver:
             if death is None:
                 continue
             name, actor = self._stage_actor(stage, chain)
-            if self.restarts.observe(name, actor, cause=death) and stage == 0:
+            if stage == 1:
+                self._observe_reward(cause=death)  # which replica of a pool died: each answers for itself
+            elif self.restarts.observe(name, actor, cause=death) and stage == 0:
                 self._catch_up_worker(chain.worker)
             self.resubmitted[STAGES[stage]] += 1
             log.warning("resubmitting scenario %r from its %s stage", chain.scenario.uid, STAGES[stage])
@@ -201,13 +205,28 @@ class CDPADriver:
         for index, worker in enumerate(self.actors.rollout_workers):
             if self.restarts.observe(f"rollout worker {index}", worker):
                 self._catch_up_worker(index)
-        self.restarts.observe("reward service", self.actors.reward)
+        self._observe_reward()
         self.restarts.observe("reference policy", self.actors.reference)
+
+    def _reward_members(self) -> list[tuple[str, Any]]:
+        reward = self.actors.reward
+        return reward.members() if isinstance(reward, RewardPool) else [("reward service", reward)]
+
+    def _observe_reward(self, cause: BaseException | None = None) -> None:
+        """Watch every reward actor for restarts; a replica of a pool that died for good leaves the pool and the
+        run goes on with the others (a single reward actor, or the last replica, stops the run)."""
+        for name, actor in self._reward_members():
+            try:
+                self.restarts.observe(name, actor, cause=cause)
+            except ActorFailure:
+                if not (isinstance(self.actors.reward, RewardPool) and self.actors.reward.retire(name)):
+                    raise
+                log.warning("%s died for good; %d reward replicas go on", name, len(self._reward_members()))
 
     def _start_incarnations(self) -> None:
         ray = self._ray
         named = [(f"rollout worker {i}", w) for i, w in enumerate(self.actors.rollout_workers)]
-        named += [("reward service", self.actors.reward), ("reference policy", self.actors.reference)]
+        named += [*self._reward_members(), ("reference policy", self.actors.reference)]
         for (name, _), token in zip(named, ray.get([a.incarnation.remote() for _, a in named])):
             self.restarts.start(name, token)
 
@@ -242,7 +261,7 @@ class CDPADriver:
         try:
             return self._ray.get(self.actors.reward.metrics.remote())
         except actor_death_type() as err:
-            self.restarts.observe("reward service", self.actors.reward, cause=err)
+            self._observe_reward(cause=err)
             return self._ray.get(self.actors.reward.metrics.remote())
 
     def _publish(self, wait: bool | None = None) -> None:
