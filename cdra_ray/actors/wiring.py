@@ -1,8 +1,8 @@
 """Start and stop the actors of one run: placement, resources and each actor's process environment.
 
 The shells are in ``shells.py``, their constructor arguments in ``constructors.py``, the process environment in
-``environment.py`` and the weight publishers in ``publishers.py``. Resources come from the config
-(``rollout.num_cpus``, ``learner.num_gpus``...).
+``environment.py``, the weight publishers in ``publishers.py`` and the learner's ranks in ``learner_group.py``.
+Resources come from the config (``rollout.num_cpus``, ``learner.num_gpus``, ``learner.num_ranks``...).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from cdra_ray.actors.constructors import (
     rollout_worker_options,
 )
 from cdra_ray.actors.environment import actor_env, threads_for  # noqa: F401  (threads_for: re-exported)
+from cdra_ray.actors.learner_group import LearnerGroup, start_learner_group
 from cdra_ray.actors.publishers import create_publisher
-from cdra_ray.actors.shells import LearnerActor, ReferenceActor, RewardActor, RolloutActor
+from cdra_ray.actors.shells import ReferenceActor, RewardActor, RolloutActor
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.driver import Actors
 from cdra_ray.logs import configure_run_logs
@@ -51,25 +52,40 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
                                  **restart_options(config),
                                  runtime_env={"env_vars": actor_env(w.num_cpus, w.engine, w.kv_cache_gb, device)}
                                  ).remote(reward_engine_spec(config, reward_dir), *reward_model(config))
-    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+    reference_gpus = lc.num_gpus if lc.reference_num_gpus is None else lc.reference_num_gpus
+    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=reference_gpus,
                                        max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                        ).remote(reference_dir, reference_options(config))
-    learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0,
-                                   runtime_env={"env_vars": actor_env(lc.num_cpus)}
-                                   ).remote(learner_settings(config, policy_dir))
-    # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
-    ray.get([a.__ray_ready__.remote() for a in [*workers, reward, reference, learner]])
+    learner = None
+    try:  # the learner's ranks start DeepSpeed together (construction errors surface here)
+        learner = start_learner_group(learner_settings(config, policy_dir), num_ranks=lc.num_ranks,
+                                      num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, env_vars=actor_env(lc.num_cpus),
+                                      strategy=lc.placement_strategy)
+        # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
+        ray.get([a.__ray_ready__.remote() for a in [*workers, reward, reference]])
+    except BaseException:
+        for actor in [*workers, reward, reference]:
+            ray.kill(actor)
+        if learner is not None:
+            learner.kill()
+        raise
     publisher = create_publisher(r.weight_sync, learner, workers, r.tensor_parallel_size)
     return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner,
                   weight_publisher=publisher)
 
 
 def stop_actors(actors: Actors) -> None:
-    for actor in [*actors.rollout_workers, actors.reward, actors.reference, actors.learner]:
+    for actor in [*actors.rollout_workers, actors.reward, actors.reference]:
         ray.kill(actor)
+    if isinstance(actors.learner, LearnerGroup):
+        actors.learner.kill()
+    else:
+        ray.kill(actors.learner)
 
 
 def total_cpus(config: Config) -> float:
+    """Logical CPUs of a run: rollout engines, the reward actor, the reference and every learner rank."""
     c = config
-    return c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus + 2 * c.learner.num_cpus
+    return (c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus
+            + (1 + c.learner.num_ranks) * c.learner.num_cpus)
