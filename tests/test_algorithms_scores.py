@@ -32,7 +32,9 @@ from cdra_ray.algorithms.scores import parse_final_score, parse_judge_answer, pa
         ("SCORE: 0.2\nOn reflection... SCORE: 0.6", 0.6),  # the LAST well-formed score counts
         ("SCORE: 0.3 then SCORE: 0.8.5", 0.3),  # the last one is malformed -> skipped, the earlier one counts
         ("SCORE: 0.4 then SCORE: 80%", 0.4),
-        ('FINAL\n"score": 0.3 ... SCORE: -0.2', -0.2),  # a FINAL before quotes and a line break is still FINAL
+        ('FINAL "score": 0.3 ... SCORE: -0.2', -0.2),  # a FINAL before quotes on the same line is still FINAL
+        ("FINAL\n\"score\": 0.3", 0.3),  # a line break ends the FINAL line: as parse_final_score reads it
+        ("The plan is final\nSCORE: -0.7", -0.7),  # a critique ending in "final", then the forced score line
     ],
 )
 def test_step_score_variants(text, expected):

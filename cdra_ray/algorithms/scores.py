@@ -65,16 +65,17 @@ _FINAL_SCORE = re.compile(
 _ANSWER = re.compile(
     r"<answer>\s*+\[?\s*+(?P<word>yes|no)\s*+\]?\s*+[.!]?\s*+(?:</answer>|$)", re.IGNORECASE
 )
-_FINAL_GAP = frozenset("_*\"'")  # besides whitespace, what may stand between "FINAL" and "SCORE"
+_FINAL_GAP = frozenset(" \t_*\"'")  # what may stand between "FINAL" and "SCORE" on one line
 
 
 def _after_final(text: str, start: int) -> bool:
-    """Whether ``text[:start]`` ends with "final" plus spaces/emphasis/quotes (then the score is a FINAL SCORE).
+    """Whether ``text[:start]`` ends with "final" plus spaces/emphasis/quotes on the same line (then the score is a
+    FINAL SCORE); a line break in between makes them separate lines, as ``_FINAL_SCORE`` reads them.
 
     A backward scan over the gap only: linear overall, where a regex search of the whole prefix per match is not.
     """
     j = start
-    while j > 0 and (text[j - 1].isspace() or text[j - 1] in _FINAL_GAP):
+    while j > 0 and text[j - 1] in _FINAL_GAP:
         j -= 1
     return text[max(j - 5, 0):j].lower() == "final"
 
