@@ -57,6 +57,20 @@ def test_merged_metrics_sum_weighted_means_and_keep_extremes():
     assert merge_metric_sums([rank0, rank1, {}]) == {"loss": -0.25, "ratio_min": 0.8, "ratio_max": 1.1}
 
 
+def test_group_routes_collectives_to_every_rank_and_the_rest_to_rank_0():
+    from cdra_ray.actors.learner_group import LearnerGroup
+
+    for zero_stage in (0, 2, 3):
+        group = LearnerGroup(["rank0", "rank1"], zero_stage=zero_stage)
+        for name in ("train_on_groups", "save_state", "load_state", "save_policy", "incarnation"):
+            assert group.targets(name) == ["rank0", "rank1"], name
+        for name in ("export_weights", "sequence_logprobs", "broadcast_weights"):  # gathers under ZeRO-3
+            assert group.targets(name) == (["rank0", "rank1"] if zero_stage == 3 else ["rank0"]), name
+        assert group.targets("policy_version") == group.targets("connect_weight_sync") == ["rank0"]
+    with pytest.raises(AttributeError, match="no method 'optimizer'"):
+        group.targets("optimizer")
+
+
 def test_num_ranks_is_checked_and_counted():
     from cdra_ray.actors.wiring import total_cpus
     from cdra_ray.config import ConfigError, load_config

@@ -16,8 +16,9 @@ How it departs from a textbook PPO loop, and why:
   pi_theta == pi_old, so pi_old is the detached value of the same forward pass, bit for bit; this saves a
   third of the compute. Otherwise pi_old comes from a no-grad pass before the first step.
 - Micro-batches are scaled by their share of the aggregation's denominator (responses for the ``seq-mean-*``
-  aggregations, tokens for ``token-mean``), so accumulating them gives exactly the loss of the whole
-  mini-batch at once, whatever the micro-batch size. DeepSpeed runs with ``managed_gradient_accumulation``
+  aggregations, tokens for ``token-mean``) in the whole mini-batch, counted over all ranks
+  (:func:`~cdra_ray.learner.data_parallel.gradient_scale`), so accumulating them gives exactly the loss of the
+  whole mini-batch at once, whatever the micro-batch size and the number of ranks. DeepSpeed runs with ``managed_gradient_accumulation``
   off: a batch has a varying number of micro-batches and ``step()`` marks the boundary.
 - The G responses of a group share one forward pass over their prompt (``share_prompt_forward``, see
   :func:`~cdra_ray.learner.logprobs.shared_prompt_logprobs`): the same loss and gradients with the prompt's
