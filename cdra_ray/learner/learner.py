@@ -62,6 +62,7 @@ from cdra_ray.learner.engine import (  # noqa: F401  (free_port, init_distribute
     create_deepspeed_engine,
     free_port,
     init_distributed,
+    world_size,
 )
 from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
@@ -315,7 +316,7 @@ class Learner:
         """
         if self.settings.zero_stage != 0:
             return None
-        if self.world_size > 1:
+        if world_size() > 1:  # the process group's (the SFT trainer borrows this method)
             self.engine.allreduce_gradients()
         grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else None
