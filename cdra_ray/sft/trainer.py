@@ -250,4 +250,7 @@ class SFTTrainer:
                                                                      if "eval/loss" in metrics else {}))
             bar.update(1)
         bar.close()
+        if not (out_dir / "final" / "config.json").is_file():
+            # resumed from a state saved at the last step whose final checkpoint was not (completely) written
+            self.save_hf(out_dir / "final")
         return {"history": history, "evals": evals}
