@@ -32,7 +32,7 @@ def test_gpu_placement_errors_name_the_keys(overrides, message):
     assert load_config("paper_qwen7b_4gpu", ["reward.tensor_parallel_size=2", "reward.num_gpus=2"])
 
 
-def test_paper_preset_syncs_over_nccl_and_offloads_the_optimizer_of_its_one_learner_rank():
+def test_paper_preset_syncs_over_nccl_and_offloads_the_optimizer_of_each_learner_rank():
     from cdra_ray.actors.constructors import learner_settings
 
     config = load_config("paper_qwen7b_4gpu")

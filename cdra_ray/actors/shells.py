@@ -61,10 +61,31 @@ class ReferenceActor(ReferenceService, Incarnation):
 
 @ray.remote
 class LearnerActor(Incarnation):
-    """Thin shell: DeepSpeed must be imported inside the actor (its ops do not pickle)."""
+    """One rank of the learner: a thin shell over :class:`~cdra_ray.learner.learner.Learner`.
 
-    def __init__(self, settings):
-        configure_actor_logs("learner")
+    Built in two steps because the ranks must start DeepSpeed together: the actor starts empty, rank 0 picks
+    the rendezvous endpoint on its own node (:meth:`endpoint`), then every rank gets it in :meth:`start`.
+    :class:`~cdra_ray.actors.learner_group.LearnerGroup` does this and decides which ranks each call reaches.
+    DeepSpeed is imported inside the actor (its ops do not pickle).
+    """
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        configure_actor_logs("learner" if rank == 0 else f"learner_rank{rank}")
+        self.rank, self.world_size = rank, world_size
+        self.learner = None
+
+    def endpoint(self) -> tuple[str, int]:
+        """(address, port) of the process group's store, free on this actor's node."""
+        from cdra_ray.learner.weight_sync_gpu import rendezvous_endpoint
+
+        return rendezvous_endpoint()
+
+    def start(self, settings, master_address: str, master_port: int) -> None:
+        import os
+
+        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so every rank's device is local index 0.
+        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(self.world_size),
+                           "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)})
         from cdra_ray.learner.learner import Learner
 
         threads = apply_granted_threads(settings.num_threads, "learner")
@@ -74,8 +95,10 @@ class LearnerActor(Incarnation):
         return self.learner.train_on_groups(groups)
 
     def export_weights(self):
+        """Rank 0: the packed weights. Other ranks (called under ZeRO-3 only) join the gathers, return None."""
+        weights = self.learner.export_weights(copy=False)
         # Views, not copies: Ray serializes the return value before this (serial) actor trains again.
-        return pack_weights(self.learner.export_weights(copy=False).items())
+        return pack_weights(weights.items()) if self.rank == 0 else None
 
     def save_policy(self, path: str):
         from cdra_ray.driver.checkpointing import write_policy
@@ -121,4 +144,11 @@ class LearnerActor(Incarnation):
         self.sync.connect(self.learner.weight_source(getattr(torch, self.learner.settings.dtype)))
 
     def broadcast_weights(self, policy_version: int) -> None:
-        self.sync.send(policy_version)
+        """Rank 0 sends; other ranks (called under ZeRO-3 only) take part in each parameter's gather."""
+        if self.rank == 0:
+            self.sync.send(policy_version)
+            return
+        import torch
+
+        for _ in self.learner.weight_source(getattr(torch, self.learner.settings.dtype)):
+            pass

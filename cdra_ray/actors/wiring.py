@@ -1,12 +1,12 @@
 """Start and stop the actors of one run: placement, resources and each actor's process environment.
 
 The shells are in ``shells.py``, their constructor arguments in ``constructors.py``, the process environment in
-``environment.py`` and the weight publishers in ``publishers.py``. Resources come from the config
-(``rollout.num_cpus``, ``learner.num_gpus``...). Placement is by Ray resources only, never by host name: a role's
-``resources`` (``rollout.resources``, ``reward.resources``, ``learner.resources`` for the learner and the
-reference) are custom resources its actors ask for, so nodes started with ``ray start --resources '{"node_b":
-8}'`` take exactly the roles that name ``node_b``. ``reward.num_replicas`` > 1 starts that many reward actors
-behind a :class:`~cdra_ray.actors.reward_pool.RewardPool`.
+``environment.py``, the weight publishers in ``publishers.py`` and the learner's ranks in ``learner_group.py``.
+Resources come from the config (``rollout.num_cpus``, ``learner.num_gpus``, ``learner.num_ranks``...). Placement is
+by Ray resources only, never by host name: a role's ``resources`` (``rollout.resources``, ``reward.resources``,
+``learner.resources`` for every learner rank and the reference) are custom resources its actors ask for, so nodes
+started with ``ray start --resources '{"node_b": 8}'`` take exactly the roles that name ``node_b``.
+``reward.num_replicas`` > 1 starts that many reward actors behind a :class:`~cdra_ray.actors.reward_pool.RewardPool`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from cdra_ray.actors.constructors import (
     rollout_worker_options,
 )
 from cdra_ray.actors.environment import actor_env, threads_for  # noqa: F401  (threads_for: re-exported)
+from cdra_ray.actors.learner_group import LearnerGroup, start_learner_group
 from cdra_ray.actors.placement import check_custom_resources, custom_resources
 from cdra_ray.actors.publishers import create_publisher
 from cdra_ray.actors.reward_pool import RewardPool
-from cdra_ray.actors.shells import LearnerActor, ReferenceActor, RewardActor, RolloutActor
+from cdra_ray.actors.shells import ReferenceActor, RewardActor, RolloutActor
 from cdra_ray.config.schema import Config
 from cdra_ray.driver.driver import Actors
 from cdra_ray.logs import configure_run_logs
@@ -62,17 +63,25 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
                             ).remote(reward_engine_spec(config, reward_dir), *reward_model(config))
         for _ in range(w.num_replicas)
     ]
-    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus,
+    reference_gpus = lc.num_gpus if lc.reference_num_gpus is None else lc.reference_num_gpus
+    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=reference_gpus,
                                        max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
                                        **custom_resources(lc.resources),
                                        runtime_env={"env_vars": actor_env(lc.num_cpus)}
                                        ).remote(reference_dir, reference_options(config))
-    learner = LearnerActor.options(num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, max_restarts=0,
-                                   **custom_resources(lc.resources),
-                                   runtime_env={"env_vars": actor_env(lc.num_cpus)}
-                                   ).remote(learner_settings(config, policy_dir))
-    # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
-    ray.get([a.__ray_ready__.remote() for a in [*workers, *replicas, reference, learner]])
+    learner = None
+    try:  # the learner's ranks start DeepSpeed together (construction errors surface here)
+        learner = start_learner_group(learner_settings(config, policy_dir), num_ranks=lc.num_ranks,
+                                      num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, env_vars=actor_env(lc.num_cpus),
+                                      strategy=lc.placement_strategy, resources=lc.resources)
+        # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
+        ray.get([a.__ray_ready__.remote() for a in [*workers, *replicas, reference]])
+    except BaseException:
+        for actor in [*workers, *replicas, reference]:
+            ray.kill(actor)
+        if learner is not None:
+            learner.kill()
+        raise
     publisher = create_publisher(r.weight_sync, learner, workers, r.tensor_parallel_size)
     reward = replicas[0] if len(replicas) == 1 else RewardPool(replicas)
     return Actors(rollout_workers=workers, reward=reward, reference=reference, learner=learner,
@@ -85,11 +94,16 @@ def reward_replicas(actors: Actors) -> list:
 
 
 def stop_actors(actors: Actors) -> None:
-    for actor in [*actors.rollout_workers, *reward_replicas(actors), actors.reference, actors.learner]:
+    for actor in [*actors.rollout_workers, *reward_replicas(actors), actors.reference]:
         ray.kill(actor)
+    if isinstance(actors.learner, LearnerGroup):
+        actors.learner.kill()
+    else:
+        ray.kill(actors.learner)
 
 
 def total_cpus(config: Config) -> float:
+    """Logical CPUs of a run: rollout engines, the reward actor, the reference and every learner rank."""
     c = config
     return (c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus * c.reward.num_replicas
-            + 2 * c.learner.num_cpus)
+            + (1 + c.learner.num_ranks) * c.learner.num_cpus)

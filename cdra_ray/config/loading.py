@@ -113,6 +113,7 @@ _CHOICES = {
     "learner.device": ("cpu", "cuda"),
     "rollout.weight_sync": ("object_store", "nccl"),
     "learner.offload_optimizer": ("none", "cpu"),
+    "learner.placement_strategy": ("STRICT_PACK", "PACK"),
     "run.log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -220,6 +221,10 @@ def validate(config: Config) -> None:
     if r.engine == "openai":
         raise ConfigError("rollout.engine=openai: the policy needs a local engine (vllm or hf); openai is for "
                           "reward.engine only")
+    if config.learner.num_ranks < 1:
+        raise ConfigError(f"learner.num_ranks={config.learner.num_ranks}: must be >= 1 (data-parallel learner ranks)")
+    if config.learner.reference_num_gpus is not None and config.learner.reference_num_gpus < 0:
+        raise ConfigError(f"learner.reference_num_gpus={config.learner.reference_num_gpus}: must be >= 0 or null")
     if config.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage={config.learner.zero_stage}: must be 0, 1, 2 or 3")
     if r.group_size < 2:

@@ -132,9 +132,12 @@ class LearnerConfig:
     share_prompt_forward: bool = True  # learner and reference run a group's shared prompt once per micro-batch
     device: str = "cpu"  # cpu (gloo) | cuda (nccl)
     offload_optimizer: str = "none"  # none | cpu: fp32 master weights + AdamW state in CPU RAM (ZeRO >= 1)
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources of the learner and reference
+    num_cpus: float = 1.0  # per rank (torch threads of each rank); the reference actor takes as many
+    num_gpus: float = 0.0  # per rank
+    num_ranks: int = 1  # data-parallel DeepSpeed ranks (Ray actors in one placement group; gloo on CPU, nccl on GPU)
+    placement_strategy: str = "STRICT_PACK"  # the ranks' placement group: STRICT_PACK (one node) | PACK
+    reference_num_gpus: Optional[float] = None  # the reference actor's GPUs; None = learner.num_gpus
+    resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources of each rank and the reference
 
 
 @dataclass

@@ -126,7 +126,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def write_policy(learner, directory: str | Path) -> Path:
     """The learner's policy as an HF model directory (safetensors + config + tokenizer). Atomic."""
     directory = Path(directory)
-    state = learner.export_weights()
+    # every rank enters (barriers); only rank 0 writes, and the others gather only where ZeRO-3 needs them
+    state = learner.export_weights() if _rank() == 0 or learner.settings.zero_stage == 3 else None
     with atomic_directory(directory) as scratch:
         if not _distributed() or _rank() == 0:
             learner.model.save_pretrained(str(scratch), state_dict=state)

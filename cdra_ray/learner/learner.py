@@ -16,8 +16,9 @@ How it departs from a textbook PPO loop, and why:
   pi_theta == pi_old, so pi_old is the detached value of the same forward pass, bit for bit; this saves a
   third of the compute. Otherwise pi_old comes from a no-grad pass before the first step.
 - Micro-batches are scaled by their share of the aggregation's denominator (responses for the ``seq-mean-*``
-  aggregations, tokens for ``token-mean``), so accumulating them gives exactly the loss of the whole
-  mini-batch at once, whatever the micro-batch size. DeepSpeed runs with ``managed_gradient_accumulation``
+  aggregations, tokens for ``token-mean``) in the whole mini-batch, counted over all ranks
+  (:func:`~cdra_ray.learner.data_parallel.gradient_scale`), so accumulating them gives exactly the loss of the
+  whole mini-batch at once, whatever the micro-batch size and the number of ranks. DeepSpeed runs with ``managed_gradient_accumulation``
   off: a batch has a varying number of micro-batches and ``step()`` marks the boundary.
 - The G responses of a group share one forward pass over their prompt (``share_prompt_forward``, see
   :func:`~cdra_ray.learner.logprobs.shared_prompt_logprobs`): the same loss and gradients with the prompt's
@@ -25,10 +26,17 @@ How it departs from a textbook PPO loop, and why:
 - Dropout is switched off (``disable_dropout``): with dropout the ratio pi_theta/pi_old is noise even before
   any update.
 
+- Data parallel over ``learner.num_ranks`` processes (one torch.distributed group): every rank gets the whole
+  batch and trains on its own share of each mini-batch's rows; the loss weights make the all-reduced gradient
+  the one-rank gradient (:mod:`~cdra_ray.learner.data_parallel`). Under ZeRO-3 with several ranks a group's
+  prompt is not shared across its rows (``share_prompt_forward`` is ignored): the number of forward passes
+  must be the same on every rank, since each one gathers the parameters collectively.
+
 Checkpoints (the HF policy and the resume state) are written by :mod:`cdra_ray.driver.checkpointing`.
 
 Usable without Ray: a single process sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT itself when they are
-missing and initialises torch.distributed with gloo (CPU) or NCCL (CUDA). DeepSpeed is imported inside
+missing and initialises torch.distributed with gloo (CPU) or NCCL (CUDA); the engine is built by
+:func:`~cdra_ray.learner.engine.create_deepspeed_engine`, shared with SFT. DeepSpeed is imported inside
 methods so a Ray actor class wrapping this module pickles.
 """
 
@@ -37,7 +45,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +55,19 @@ import torch
 from cdra_ray.algorithms.catalog import AGGREGATIONS
 from cdra_ray.config.schema import AlgorithmConfig
 from cdra_ray.learner.batch import TrainBatch, build_batch, micro_batches
-from cdra_ray.learner.deepspeed_config import build_deepspeed_config
+from cdra_ray.learner.data_parallel import gradient_scale, merge_metric_sums, rank_micro_batches
+from cdra_ray.learner.engine import (  # noqa: F401  (free_port, init_distributed: re-exported)
+    DTYPES,
+    EngineSettings,
+    create_deepspeed_engine,
+    free_port,
+    init_distributed,
+    world_size,
+)
 from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass
@@ -125,48 +139,6 @@ class LearnerSettings:
             raise ValueError(f"LearnerSettings.num_threads must be >= 1 or None, got {self.num_threads}")
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (for MASTER_PORT)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def init_distributed(backend: str) -> None:
-    """Join (or create, as a world of one) the torch.distributed group DeepSpeed needs.
-
-    Missing env vars are filled for a single process so no launcher (and no mpi4py) is needed; a launcher or
-    the Ray shell that sets them for several ranks wins. DeepSpeed's shared-memory comm op is marked
-    incompatible first: it would compile C++ for 25-40 s and is only a speed-up for multi-rank CPU all-reduce.
-    """
-    import importlib
-
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    importlib.import_module("deepspeed.ops").__compatible_ops__["deepspeed_shm_comm"] = False
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend)
-
-
-def _micro_batch_weight(aggregation: str, rows: int, tokens: int, total_rows: int, total_tokens: int) -> float:
-    """The share of the mini-batch loss's denominator that one micro-batch holds.
-
-    ``seq-mean-*`` averages over responses, ``token-mean`` over tokens; weighting each micro-batch's own
-    aggregated loss by this share and summing gives the mini-batch loss exactly.
-    """
-    if aggregation == "token-mean":
-        return tokens / total_tokens
-    return rows / total_rows
-
-
 def _accumulate(sums: dict[str, float], metrics: dict[str, float], share: float) -> None:
     """Fold one micro-batch's loss metrics into batch-level ones: ``*_min``/``*_max`` by min/max, counts
     (``num_*``) by sum, everything else as a mean weighted by the micro-batch's share of the batch."""
@@ -197,15 +169,7 @@ class Learner:
         self.policy_version = 0
         self._seed_everything(s.seed)
 
-        init_distributed(s.dist_backend)
-        import deepspeed
-        from deepspeed.accelerator import get_accelerator
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        accelerator = get_accelerator().device_name()
-        if accelerator != s.device:
-            raise RuntimeError(f"LearnerSettings.device is {s.device!r} but DeepSpeed chose the {accelerator!r} "
-                               f"accelerator (set DS_ACCELERATOR={s.device} before DeepSpeed is first imported)")
 
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=torch.float32, attn_implementation=s.attn_implementation
@@ -224,26 +188,14 @@ class Learner:
             self.tokenizer = None
         self.pad_token_id = self._pad_token_id(model)
 
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.ds_config = build_deepspeed_config(
-            zero_stage=s.zero_stage,
-            micro_batch_size=s.micro_batch_size,
-            world_size=world_size,
-            max_grad_norm=s.max_grad_norm,
-            precision=DTYPES[s.dtype],
-            lr=s.lr,
-            betas=s.betas,
-            adam_eps=s.adam_eps,
-            weight_decay=s.weight_decay,
-            offload_optimizer=s.offload_optimizer,
-            offload_params=s.offload_params,
-        )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=self.ds_config,
-            dist_init_required=False,
-        )
+        self.engine, self.ds_config = create_deepspeed_engine(model, EngineSettings(
+            zero_stage=s.zero_stage, micro_batch_size=s.micro_batch_size, dtype=s.dtype, lr=s.lr, betas=s.betas,
+            adam_eps=s.adam_eps, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
+            offload_optimizer=s.offload_optimizer, offload_params=s.offload_params, device=s.device,
+            dist_backend=s.dist_backend))
+        import torch.distributed as dist
+
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.engine.train()
 
     # ------------------------------------------------------------------ helpers
@@ -280,9 +232,16 @@ class Learner:
     def _is_zero3(self) -> bool:
         return self.settings.zero_stage == 3
 
+    def _shares_prompt(self) -> bool:
+        """Prompt sharing runs two forward passes per group of a micro-batch: a count that differs between ranks,
+        which ZeRO-3's per-forward parameter gathers cannot allow."""
+        s = self.settings
+        return s.share_prompt_forward and not s.gradient_checkpointing and not (
+            self._is_zero3() and self.world_size > 1)
+
     def _logprobs(self, batch: TrainBatch) -> torch.Tensor:
         dev = self.device
-        if self.settings.share_prompt_forward and not self.settings.gradient_checkpointing:
+        if self._shares_prompt():
             return shared_prompt_logprobs(
                 self.engine,
                 batch.input_ids.to(dev),
@@ -304,12 +263,24 @@ class Learner:
 
     @torch.no_grad()
     def policy_logprobs(self, batch: TrainBatch) -> torch.Tensor:
-        """(N, C) log pi_theta of the batch's responses with the current weights, no gradient, 0 at pads."""
+        """(N, C) log pi_theta of the batch's responses with the current weights, no gradient, 0 at pads.
+
+        With several ranks each computes its share of the rows and an all-reduce assembles the whole; every
+        rank must call it.
+        """
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-        for rows in micro_batches(batch.num_rows, self.settings.micro_batch_size):
-            sub = batch.select(rows)
-            width = sub.response_width
-            out[rows, :width] = self._logprobs(sub).float().cpu()
+        rows_all = list(range(batch.num_rows))
+        for rows in rank_micro_batches(rows_all, self.settings.micro_batch_size, self.rank, self.world_size):
+            sub = batch.select(rows or [0])  # an empty micro-batch still runs its forward (ZeRO-3 gathers)
+            values = self._logprobs(sub).float().cpu()
+            if rows:
+                out[rows, :sub.response_width] = values
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            summed = out.to(self.device)
+            dist.all_reduce(summed)  # rows are disjoint: the sum is the concatenation
+            out = summed.cpu()
         return out * batch.response_mask
 
     def _advantages(self, batch: TrainBatch) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -338,9 +309,15 @@ class Learner:
         return advantages, per_group, masks
 
     def _local_grad_norm(self) -> float | None:
-        """Pre-clipping gradient norm where DeepSpeed does not record one (no ZeRO: plain ``.grad``s)."""
+        """Pre-clipping gradient norm where DeepSpeed does not record one (no ZeRO: plain ``.grad``s).
+
+        Without ZeRO DeepSpeed all-reduces in ``step()``; with several ranks the norm needs the reduced
+        gradient, so it is reduced here first (averaging equal tensors again in ``step()`` changes nothing).
+        """
         if self.settings.zero_stage != 0:
             return None
+        if world_size() > 1:  # the process group's (the SFT trainer borrows this method)
+            self.engine.allreduce_gradients()
         grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else None
 
@@ -374,22 +351,24 @@ class Learner:
         for epoch in range(s.ppo_epochs):
             order = torch.arange(n) if epoch == 0 and single_step else torch.randperm(n, generator=generator)
             for mini_rows in micro_batches(n, mini, order):
+                # totals over the whole mini-batch, all ranks: each rank weights its rows by their global share
                 total_rows = len(mini_rows)
                 total_tokens = int(batch.response_mask[mini_rows].sum())
-                for rows in micro_batches(len(mini_rows), s.micro_batch_size, torch.tensor(mini_rows)):
-                    sub = batch.select(rows)
+                for rows in rank_micro_batches(mini_rows, s.micro_batch_size, self.rank, self.world_size):
+                    sub_rows = rows or list(mini_rows[:1])  # an empty micro-batch runs as a zero-weighted pass
+                    sub = batch.select(sub_rows)
                     width = sub.response_width
                     dev = self.device
                     mask = sub.response_mask.to(dev)
                     logprobs = self._logprobs(sub).float()
-                    old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(dev)
+                    old = logprobs.detach() if old_logprobs is None else old_logprobs[sub_rows, :width].to(dev)
                     ref = sub.ref_logprobs.to(dev) if sub.ref_logprobs is not None else None
                     behaviour = sub.sampling_logprobs.to(dev) if use_behaviour else None
                     loss, metrics = cdpa_policy_loss(
                         logprobs,
                         old,
                         ref,
-                        advantages[rows, :width].to(dev),
+                        advantages[sub_rows, :width].to(dev),
                         mask,
                         clip_eps=s.clip_eps,
                         clip_eps_high=s.clip_eps_high,
@@ -400,11 +379,15 @@ class Learner:
                     )
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite CDPA loss {loss.item()} at policy version "
-                                                 f"{self.policy_version}, epoch {epoch}, rows {rows}")
-                    weight = _micro_batch_weight(s.aggregation, len(rows), int(sub.response_mask.sum()),
-                                                 total_rows, total_tokens)
+                                                 f"{self.policy_version}, epoch {epoch}, rows {sub_rows}")
+                    if not rows:
+                        self.engine.backward(loss * 0.0)
+                        continue
+                    weight = gradient_scale(s.aggregation, len(rows), int(sub.response_mask.sum()),
+                                            total_rows, total_tokens, self.world_size)
                     self.engine.backward(loss * weight)
-                    _accumulate(sums, metrics, share=weight * total_rows / n / s.ppo_epochs)
+                    share = weight / self.world_size  # of the mini-batch's loss
+                    _accumulate(sums, metrics, share=share * total_rows / n / s.ppo_epochs)
                 local_norm = self._local_grad_norm()
                 self.engine.step()
                 optimizer_steps += 1
@@ -413,6 +396,12 @@ class Learner:
                 if norm is not None:
                     grad_norms.append(float(norm))
         self.policy_version += 1
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            per_rank: list[dict[str, float]] = [{} for _ in range(self.world_size)]
+            dist.all_gather_object(per_rank, sums)
+            sums = merge_metric_sums(per_rank)
 
         tokens = batch.response_mask.sum()
         out = dict(sums)

@@ -151,10 +151,10 @@ def format_rows(rows: list[dict[str, object]]) -> str:
 
 
 PAPER_LAYOUTS = [
-    Layout("today: 1 rank, no offload", 1, 3),
-    Layout("today (preset): 1 rank, optimizer offload", 1, 3, offload_optimizer=True),
-    Layout("planned: 2 ranks, optimizer offload (the paper)", 2, 3, offload_optimizer=True),
-    Layout("planned: 2 ranks, no offload", 2, 3),
+    Layout("1 rank, no offload", 1, 3),
+    Layout("1 rank, optimizer offload", 1, 3, offload_optimizer=True),
+    Layout("2 ranks, optimizer offload (the paper; the preset)", 2, 3, offload_optimizer=True),
+    Layout("2 ranks, no offload", 2, 3),
 ]
 LLAMA70_LAYOUTS = [
     Layout("8 ranks (1 node), no offload", 8, 3),

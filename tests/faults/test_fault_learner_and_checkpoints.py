@@ -26,7 +26,7 @@ def test_learner_death_stops_the_run_and_resume_relaunches_the_groups_in_flight(
     overrides = ["train.total_updates=4", "train.save_every=1", "train.max_staleness=1"]
     config = tiny_config(tmp_path, *overrides)
     driver, actors = build_run(config)
-    learner_pid = pid_of(actors.learner)
+    learner_pid = pid_of(actors.learner.ranks[0])
 
     def kill_learner(update, metrics):  # runs just before update 3's checkpoint is written
         if update == 3:
