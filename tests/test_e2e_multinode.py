@@ -56,19 +56,20 @@ def test_roles_land_on_the_nodes_their_resources_name_and_training_completes(two
 
     node_a, node_b = two_nodes
     assert node_a != node_b
-    config = _config(tmp_path, "train.total_updates=2", "reward.num_replicas=2")
+    config = _config(tmp_path, "train.total_updates=2", "reward.num_replicas=2", "learner.num_ranks=2")
     driver, actors = build_run(config)  # joins the connected cluster (train.init_ray keeps an existing one)
     try:
         placed = {
             "rollout": {_node_of(w) for w in actors.rollout_workers},
             "reward": {_node_of(r) for r in reward_replicas(actors)},
             "reference": {_node_of(actors.reference)},
-            "learner": {_node_of(actors.learner)},
+            "learner": {_node_of(rank) for rank in actors.learner.ranks},
         }
         summary = driver.run(progress=False)
     finally:
         stop_actors(actors)
     assert placed == {"rollout": {node_b}, "reward": {node_b}, "reference": {node_a}, "learner": {node_a}}
+    assert actors.learner.num_ranks == 2  # both ranks' placement bundles asked for node_a
     assert summary["updates"] == config.train.total_updates == 2
     run_dir = tmp_path / "tiny_test"
     written = json.loads((run_dir / "summary.json").read_text())

@@ -17,10 +17,10 @@ from cdra_ray.recipe import MARKER, run_recipe
 # Only sizes, models and engines change: the stage list and its path wiring are the preset's own.
 TINY = [
     "data.max_scenarios=6", "recipe.heldout_fraction=0.34",
-    "model.policy=tiny-llama", "reward.model=tiny-llama", "reward.dtype=float32", "reward.critique_max_tokens=8",
+    "model.policy=tiny-llama", "reward.model=tiny-llama", "rollout.engine=hf", "reward.engine=hf", "reward.dtype=float32", "reward.critique_max_tokens=8",
     "reward.max_model_len=2048", "reward.min_requests_for_floor=1",
     "rollout.group_size=3", "rollout.max_new_tokens=24", "rollout.max_prompt_tokens=1024",
-    "rollout.max_model_len=1536", "learner.micro_batch_size=3", "learner.lr=1e-3", "train.total_updates=2",
+    "rollout.max_model_len=1536", "learner.micro_batch_size=3", "learner.lr=1e-3", "train.total_updates=1",
     "construct.max_scenarios=3", "construct.engine=hf", "construct.generator_model=tiny-llama",
     "construct.dtype=float32", "construct.prune_threshold=-1.0", "construct.truncated=keep",
     "construct.thought_max_tokens=8", "construct.answer_max_tokens=8", "construct.critique_max_tokens=6",
@@ -67,7 +67,7 @@ def test_the_demo_recipe_chains_every_stage_on_the_tiny_model_and_resumes(tmp_pa
         assert cfg["data"]["path"] == str(run / "split" / "train.jsonl")
     for stage in ("cdpa", "grpo"):
         summary = json.loads((run / stage / "run" / "summary.json").read_text())
-        assert summary["updates"] == 2
+        assert summary["updates"] == 1
 
     # The evaluation compares the six methods of Table 1 on the held-out pairs, each from the right checkpoint.
     evaluation = json.loads((run / "evaluate" / "summary.json").read_text())
