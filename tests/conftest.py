@@ -1,4 +1,4 @@
-"""Shared test set-up: no network, caches in one place, and a tiny model built once per session."""
+"""Shared test set-up: no network, caches in one place, and a local Ray runtime per test module."""
 
 import os
 from pathlib import Path
@@ -15,3 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A local Ray runtime for one test module (each such module runs in its own pytest process)."""
+    import ray
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.mktemp("torch_ext")))
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -5,7 +5,6 @@ rank fails the call instead of hanging, and a whole ``tiny_test`` run trains on 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -96,14 +95,6 @@ def test_paper_preset_trains_on_two_gpu_ranks_within_four_gpus():
 
 # ------------------------------------------------------------------------------------------ real ranks on Ray
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.mktemp("torch_ext")))
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

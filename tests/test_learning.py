@@ -10,7 +10,6 @@ flat or falling, which no unit test of a single stage can show. The curve is in 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 
 import pytest
@@ -36,14 +35,6 @@ SETTINGS = [
     "learner.lr=1e-2",
     "algorithm.beta=0.0",
 ]
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.mktemp("torch_ext")))
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _reward_curve(tmp_path, advantage: str) -> list[float]:
