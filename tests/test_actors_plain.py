@@ -179,7 +179,7 @@ def test_wiring_builds_engine_options_and_actor_environments():
     assert gpu.weight_transfer_config == {"backend": "nccl"} and gpu.worker_extension_cls.endswith("Extension")
     assert gpu.tensor_parallel_size == 1 and gpu.dtype == "bfloat16"
     cpu = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048)
-    assert "weight_transfer_config" not in cpu.keywords() and cpu.dtype == "float32"  # model.dtype
+    assert "weight_transfer_config" not in cpu.keywords() and cpu.dtype == "auto"  # cpu_demo's model.dtype
     assert engine_options("hf", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048,
                           dtype="bfloat16").dtype == "bfloat16"  # reward.dtype overrides it
     judge = engine_options("vllm", load_config("cpu_demo"), kv_cache_gb=2, max_model_len=2048, block_size=32)
@@ -189,6 +189,27 @@ def test_wiring_builds_engine_options_and_actor_environments():
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
     assert int(env["MALLOC_MMAP_THRESHOLD_"]) >= 1 << 30  # large tensors stay in the heap between steps
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in actor_env(1.0, "vllm", 2.0, "cuda")
+
+
+def test_compile_and_speculative_decoding_reach_the_vllm_engines():
+    from cdra_ray.actors.constructors import reward_engine_spec, rollout_engine_spec
+    from cdra_ray.config import ConfigError, load_config
+
+    plain = load_config("cpu_demo")
+    assert "speculative_config" not in reward_engine_spec(plain, "/m").options.keywords()
+    assert rollout_engine_spec(plain, "/m").options.keywords()["enforce_eager"] is True
+    config = load_config("cpu_demo", ["reward.speculative_tokens=3", "reward.enforce_eager=false",
+                                      "rollout.enforce_eager=false"])
+    judge = reward_engine_spec(config, "/m").options.keywords()
+    assert judge["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 3,
+                                           "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+    assert "speculative_tokens" not in judge and judge["enforce_eager"] is False
+    policy = rollout_engine_spec(config, "/m").options.keywords()
+    assert policy["enforce_eager"] is False and "speculative_config" not in policy  # the judge's setting only
+    with pytest.raises(ConfigError, match="reward.speculative_tokens"):
+        load_config("cpu_demo", ["reward.speculative_tokens=-1"])
+    with pytest.raises(ConfigError, match="only reward.engine=vllm"):
+        load_config("tiny_test", ["reward.speculative_tokens=2", "reward.engine=hf"])
 
 
 def test_openai_judge_options_come_from_the_reward_config():

@@ -3,7 +3,7 @@
 import pytest
 
 from cdra_ray.config import ConfigError, load_config
-from cdra_ray.engines.catalog import BF16_CPU_FLAGS, VLLMOptions, auto_dtype, host_dtype
+from cdra_ray.engines.catalog import BF16_CPU_FLAGS, VLLMOptions, auto_dtype, host_dtype, resolve_dtype
 
 
 def test_auto_dtype_follows_the_hardware():
@@ -25,19 +25,38 @@ def test_host_dtype_reads_this_machines_flags():
     assert host_dtype() == expected
 
 
+def test_resolve_dtype_replaces_only_auto(monkeypatch):
+    assert resolve_dtype("auto") == host_dtype()
+    monkeypatch.setattr("cdra_ray.engines.catalog.host_dtype", lambda fallback="float32": "bfloat16")
+    assert resolve_dtype("auto") == "bfloat16"
+    assert [resolve_dtype(d) for d in ("float32", "float16", "bfloat16")] == ["float32", "float16", "bfloat16"]
+
+
 def test_auto_is_a_valid_engine_dtype_and_reaches_the_engines():
     from cdra_ray.actors.constructors import reward_engine_spec, rollout_engine_spec
 
     assert VLLMOptions(dtype="auto").dtype == "auto"
-    config = load_config("cpu_demo", ["rollout.dtype=auto"])
-    assert config.reward.dtype == "auto"  # the preset
+    config = load_config("cpu_demo", ["reward.dtype=null"])
+    assert config.model.dtype == "auto" and config.rollout.dtype is None  # the preset: every role follows model
     assert rollout_engine_spec(config, "/m").options.dtype == "auto"
     assert reward_engine_spec(config, "/m").options.dtype == "auto"
-    plain = load_config("cpu_demo", ["reward.dtype=null"])
+    plain = load_config("cpu_demo", ["model.dtype=float32"])
     assert rollout_engine_spec(plain, "/m").options.dtype == "float32" == reward_engine_spec(plain, "/m").options.dtype
+    judge_only = load_config("cpu_demo", ["model.dtype=float32", "reward.dtype=auto"])
+    assert reward_engine_spec(judge_only, "/m").options.dtype == "auto"
+    assert rollout_engine_spec(judge_only, "/m").options.dtype == "float32"
 
 
-@pytest.mark.parametrize("key", ["rollout.dtype", "reward.dtype"])
+def test_model_dtype_auto_reaches_the_learner_and_the_reference_unresolved():
+    """Resolved where each model loads (the actor's node), never on the driver."""
+    from cdra_ray.actors.constructors import learner_settings, reference_options
+
+    config = load_config("cpu_demo")
+    assert learner_settings(config, "/m").dtype == "auto"
+    assert reference_options(config)["dtype"] == "auto"
+
+
+@pytest.mark.parametrize("key", ["model.dtype", "rollout.dtype", "reward.dtype"])
 def test_a_bad_dtype_names_its_key(key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("cpu_demo", [f"{key}=fp8"])

@@ -98,6 +98,29 @@ def test_two_cdpa_updates_change_weights_with_finite_loss(tiny_dir):
     learner.close()
 
 
+def test_auto_dtype_is_resolved_where_the_model_loads(tiny_dir, monkeypatch):
+    """``model.dtype: auto`` reaches the learner and the reference unresolved; each resolves it on its own node (here
+    forced to a bf16 host). Many small AdamW steps still move the bf16 weights: DeepSpeed keeps fp32 master copies,
+    so steps smaller than a bf16 rounding step add up instead of vanishing."""
+    from cdra_ray.learner import ReferencePolicy
+
+    monkeypatch.setattr("cdra_ray.engines.catalog.host_dtype", lambda fallback="float32": "bfloat16")
+    learner = make_learner(tiny_dir, dtype="auto", lr=2e-5, zero_stage=0)
+    assert learner.settings.dtype == "bfloat16"
+    before = learner.export_weights()
+    assert {t.dtype for t in before.values()} == {torch.bfloat16}
+    groups = make_groups(1, seed=3)
+    for _ in range(15):
+        metrics = learner.train_on_groups(groups)
+        assert torch.isfinite(torch.tensor(metrics["loss"]))
+    after = learner.export_weights()
+    changed = sum(int((after[k] != before[k]).sum()) for k in before) / sum(t.numel() for t in before.values())
+    assert changed > 0.2  # 0.37 here; plain bf16 AdamW (no master copy) changes 0.03: its steps round away
+    learner.close()
+    reference = ReferencePolicy(tiny_dir, "auto", num_threads=2)
+    assert {p.dtype for p in reference.model.parameters()} == {torch.bfloat16}
+
+
 def test_kl_is_zero_at_first_step_when_reference_equals_policy(tiny_dir):
     from cdra_ray.learner import ReferencePolicy
 

@@ -51,7 +51,8 @@ def learner_settings(config: Config, model_dir: str):
 
 def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_len: int,
                    weight_sync: str = "object_store", dtype: str | None = None, block_size: int | None = None,
-                   logprobs_mode: str | None = None, tensor_parallel_size: int = 1):
+                   logprobs_mode: str | None = None, tensor_parallel_size: int = 1, enforce_eager: bool = True,
+                   speculative_tokens: int = 0):
     """The options object of engine ``kind``; ``dtype`` None = ``model.dtype``, ``block_size`` None = vLLM's.
     ``tensor_parallel_size`` is the role's own (``rollout.`` or ``reward.tensor_parallel_size``)."""
     from cdra_ray.engines.catalog import HFOptions, OpenAIOptions, VLLMOptions
@@ -73,7 +74,7 @@ def engine_options(kind: str, config: Config, *, kv_cache_gb: float, max_model_l
         **nccl, dtype=dtype, seed=config.train.seed, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
         gpu_memory_utilization=config.rollout.gpu_memory_utilization,
         tensor_parallel_size=tensor_parallel_size, block_size=block_size,
-        logprobs_mode=logprobs_mode,
+        logprobs_mode=logprobs_mode, enforce_eager=enforce_eager, speculative_tokens=speculative_tokens,
     )
 
 
@@ -98,14 +99,16 @@ def rollout_engine_spec(config: Config, policy_dir: str) -> EngineSpec:
     # vllm: behaviour log-probs of the distribution actually sampled (temperature, top-p), like the learner's
     options = engine_options(r.engine, config, kv_cache_gb=r.kv_cache_gb, max_model_len=r.max_model_len,
                              weight_sync=r.weight_sync, tensor_parallel_size=r.tensor_parallel_size, dtype=r.dtype,
-                             logprobs_mode="processed_logprobs" if r.engine == "vllm" else None)
+                             logprobs_mode="processed_logprobs" if r.engine == "vllm" else None,
+                             enforce_eager=r.enforce_eager)
     return EngineSpec(r.engine, policy_dir, options, threads_for(r.num_cpus))
 
 
 def reward_engine_spec(config: Config, reward_dir: str) -> EngineSpec:
     w = config.reward
     options = engine_options(w.engine, config, kv_cache_gb=w.kv_cache_gb, max_model_len=w.max_model_len,
-                             dtype=w.dtype, block_size=w.kv_block_size, tensor_parallel_size=w.tensor_parallel_size)
+                             dtype=w.dtype, block_size=w.kv_block_size, tensor_parallel_size=w.tensor_parallel_size,
+                             enforce_eager=w.enforce_eager, speculative_tokens=w.speculative_tokens)
     return EngineSpec(w.engine, reward_dir, options, threads_for(w.num_cpus))
 
 

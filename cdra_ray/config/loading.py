@@ -107,7 +107,7 @@ def load_config(preset: str | None = None, overrides: Sequence[str] = ()) -> Con
 
 
 _CHOICES = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.dtype": ("float32", "bfloat16", "float16", "auto"),
     "reward.dtype": (None, "float32", "bfloat16", "float16", "auto"),
     "rollout.dtype": (None, "float32", "bfloat16", "float16", "auto"),
     "learner.device": ("cpu", "cuda"),
@@ -124,6 +124,7 @@ _POSITIVE = (
     "reward.kv_cache_gb", "reward.tensor_parallel_size", "reward.num_replicas",
 )
 _NON_NEGATIVE = (
+    "reward.speculative_tokens",
     "algorithm.eps", "algorithm.beta", "learner.lr", "learner.weight_decay", "learner.max_grad_norm",
     "train.max_staleness", "train.save_every", "train.save_every_minutes", "train.keep_checkpoints",
     "run.max_actor_restarts", "rollout.num_cpus", "rollout.num_gpus", "reward.num_cpus", "reward.num_gpus", "learner.num_cpus",
@@ -203,6 +204,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rollout.top_p={r.top_p}: must be in (0, 1]")
     if not 0.0 < r.gpu_memory_utilization <= 1.0:
         raise ConfigError(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization}: must be in (0, 1]")
+    if w.speculative_tokens and w.engine != "vllm":
+        raise ConfigError(f"reward.speculative_tokens={w.speculative_tokens}: only reward.engine=vllm drafts tokens "
+                          f"(reward.engine={w.engine!r}); set it to 0")
     if w.engine == "openai" and not (w.base_url and w.served_model):
         raise ConfigError("reward.engine=openai needs reward.base_url and reward.served_model "
                           "(and reward.model = a local directory with the judge's tokenizer)")

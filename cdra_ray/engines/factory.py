@@ -28,10 +28,10 @@ def create_engine(kind: str, model_dir: str | Path, options=None, **keywords) ->
     if options is None or isinstance(options, Mapping):  # keywords, or options as a plain mapping (e.g. JSON)
         options = ENGINES.options(kind, dict(options or keywords), key=f"engine {kind}")
     values = options.keywords() if hasattr(options, "keywords") else options_dict(options)
-    if values.get("dtype") == "auto":  # resolved where the engine runs (an actor's node, not the driver's)
-        from cdra_ray.engines.catalog import host_dtype
+    if "dtype" in values:
+        from cdra_ray.engines.catalog import resolve_dtype
 
-        values["dtype"] = host_dtype()
+        values["dtype"] = resolve_dtype(values["dtype"])
     cls = ENGINES.load(kind)
     if kind == "openai":
         return cls(tokenizer_dir=model_dir, **values)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from cdra_ray.engines.catalog import resolve_dtype
 from cdra_ray.learner.deepspeed_config import build_deepspeed_config
 
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -59,7 +60,7 @@ def init_distributed(backend: str) -> None:
 class EngineSettings:
     zero_stage: int = 0
     micro_batch_size: int = 1
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (bfloat16 where this node computes it natively)
     lr: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -87,7 +88,7 @@ def create_deepspeed_engine(model: torch.nn.Module, s: EngineSettings,
     ds_config = build_deepspeed_config(
         zero_stage=s.zero_stage, micro_batch_size=s.micro_batch_size,
         world_size=world_size(), max_grad_norm=s.max_grad_norm,
-        precision=DTYPES[s.dtype], lr=s.lr, betas=s.betas, adam_eps=s.adam_eps, weight_decay=s.weight_decay,
+        precision=DTYPES[resolve_dtype(s.dtype)], lr=s.lr, betas=s.betas, adam_eps=s.adam_eps, weight_decay=s.weight_decay,
         offload_optimizer=s.offload_optimizer, offload_params=s.offload_params,
     )
     engine, _, _, _ = deepspeed.initialize(

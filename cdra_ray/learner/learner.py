@@ -46,7 +46,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,6 +54,7 @@ import torch
 
 from cdra_ray.algorithms.catalog import AGGREGATIONS
 from cdra_ray.config.schema import AlgorithmConfig
+from cdra_ray.engines.catalog import resolve_dtype
 from cdra_ray.learner.batch import TrainBatch, build_batch, micro_batches
 from cdra_ray.learner.data_parallel import gradient_scale, merge_metric_sums, rank_micro_batches
 from cdra_ray.learner.engine import (  # noqa: F401  (free_port, init_distributed: re-exported)
@@ -99,7 +100,7 @@ class LearnerSettings:
     share_prompt_forward: bool = True  # a group's prompt runs once per micro-batch (not with grad. checkpointing)
     # engine
     zero_stage: int = 0
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (DeepSpeed mixed precision) | auto (resolved on load)
     offload_optimizer: str = "none"  # none | cpu
     offload_params: str = "none"  # none | cpu (ZeRO-3 only)
     gradient_checkpointing: bool = False
@@ -114,7 +115,7 @@ class LearnerSettings:
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"LearnerSettings.aggregation must be one of {AGGREGATIONS.names()}, "
                              f"got {self.aggregation!r}")
-        if self.dtype not in DTYPES:
+        if self.dtype not in DTYPES and self.dtype != "auto":
             raise ValueError(f"LearnerSettings.dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"LearnerSettings.device must be 'cpu' or 'cuda', got {self.device!r}")
@@ -158,7 +159,7 @@ class Learner:
     """Owns the policy's trainable copy, its optimizer and its version counter."""
 
     def __init__(self, settings: LearnerSettings) -> None:
-        self.settings = s = settings
+        self.settings = s = replace(settings, dtype=resolve_dtype(settings.dtype))
         model_dir = Path(s.model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"LearnerSettings.model_dir {str(model_dir)!r} is not an HF model directory "

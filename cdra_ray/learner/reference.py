@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cdra_ray.engines.catalog import resolve_dtype
 from cdra_ray.learner.batch import build_batch, micro_batches
 from cdra_ray.learner.logprobs import response_logprobs, shared_prompt_logprobs
 from cdra_ray.messages import Group
@@ -41,6 +42,7 @@ class ReferencePolicy:
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"ReferencePolicy model_dir {str(model_dir)!r} is not an HF model directory "
                                     "(no config.json)")
+        dtype = resolve_dtype(dtype)
         if dtype not in _DTYPES:
             raise ValueError(f"ReferencePolicy dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
         if micro_batch_size < 1:

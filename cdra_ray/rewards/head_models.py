@@ -132,11 +132,9 @@ def load_head_model(model_dir: str | Path, head: str, *, dtype: str = "float32",
     if head_archs and labels != 1:
         raise ValueError(f"{who}: {path} has a {labels}-output head ({head_archs[0]}); a reward head needs "
                          "num_labels=1")
-    if dtype == "auto":
-        from cdra_ray.engines.catalog import host_dtype
+    from cdra_ray.engines.catalog import resolve_dtype
 
-        dtype = host_dtype()
-    model, info = auto.from_pretrained(str(path), num_labels=1, dtype=torch_dtype(dtype), output_loading_info=True)
+    model, info = auto.from_pretrained(str(path), num_labels=1, dtype=torch_dtype(resolve_dtype(dtype)), output_loading_info=True)
     missing = sorted(info.get("missing_keys", []))
     if missing and not allow_untrained_head:
         raise ValueError(
