@@ -1,4 +1,4 @@
-"""The pure helpers of benchmarks/common.py on hand-made numbers (no timing, no models)."""
+"""The pure helpers of benchmarks/common.py and bench_end_to_end.py on hand-made numbers (no timing, no models)."""
 
 import argparse
 import importlib.util
@@ -66,3 +66,16 @@ def test_intervals_are_seconds_between_consecutive_update_ends():
     # start 10.0, ends 12.5, 13.0, 16.0 -> 2.5, 0.5, 3.0 (by hand)
     assert common.intervals(10.0, [12.5, 13.0, 16.0]) == [2.5, 0.5, 3.0]
     assert common.intervals(1.0, []) == []
+
+
+def test_end_to_end_ratio_per_round_uses_that_rounds_faster_trl():
+    """Round by round: the faster TRL run of the round over the cdra_ray run's median s/update (warm-up cut)."""
+    import sys
+
+    sys.path.insert(0, str(_PATH.parent))
+    e2e = importlib.import_module("bench_end_to_end")
+    runs = {"trl": [{"seconds": [9, 20, 22, 24]}, {"seconds": [9, 30, 30, 30]}],
+            "trl:malloc": [{"seconds": [9, 18, 18, 18]}, {"seconds": [9, 33, 33, 33]}],
+            "sync": [{"seconds": [50, 9, 9, 9]}, {"seconds": [50, 10, 12, 10]}]}
+    # round 1: min(22, 18) / 9 = 2.0; round 2: min(30, 33) / 10 = 3.0 (the 50 s warm-ups are not counted)
+    assert e2e.per_round_ratios(runs, slice(1, None)) == {"sync": [2.0, 3.0]}
