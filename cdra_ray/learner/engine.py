@@ -88,7 +88,8 @@ def create_deepspeed_engine(model: torch.nn.Module, s: EngineSettings,
     ds_config = build_deepspeed_config(
         zero_stage=s.zero_stage, micro_batch_size=s.micro_batch_size,
         world_size=world_size(), max_grad_norm=s.max_grad_norm,
-        precision=DTYPES[resolve_dtype(s.dtype)], lr=s.lr, betas=s.betas, adam_eps=s.adam_eps, weight_decay=s.weight_decay,
+        precision=DTYPES[resolve_dtype(s.dtype)], lr=s.lr, betas=s.betas, adam_eps=s.adam_eps,
+        weight_decay=s.weight_decay,
         offload_optimizer=s.offload_optimizer, offload_params=s.offload_params,
     )
     engine, _, _, _ = deepspeed.initialize(

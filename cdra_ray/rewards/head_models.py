@@ -134,7 +134,8 @@ def load_head_model(model_dir: str | Path, head: str, *, dtype: str = "float32",
                          "num_labels=1")
     from cdra_ray.engines.catalog import resolve_dtype
 
-    model, info = auto.from_pretrained(str(path), num_labels=1, dtype=torch_dtype(resolve_dtype(dtype)), output_loading_info=True)
+    model, info = auto.from_pretrained(str(path), num_labels=1, dtype=torch_dtype(resolve_dtype(dtype)),
+                                       output_loading_info=True)
     missing = sorted(info.get("missing_keys", []))
     if missing and not allow_untrained_head:
         raise ValueError(
