@@ -113,3 +113,34 @@ def test_two_sharded_ranks_give_the_single_references_logprobs(local_ray, tiny_d
     assert all(torch.equal(g.ref_logprobs == 0, s == 0) for g, s in zip(annotated, single))  # same layout
     assert max(diffs) < 1e-5
     assert min(float(s.min()) for s in single) < -1.0  # real log-probs, not zeros
+
+
+@pytest.mark.ray
+@pytest.mark.deepspeed
+@pytest.mark.e2e
+def test_tiny_run_with_a_two_rank_reference_starts_at_zero_kl(local_ray, tmp_path):
+    """The reference is the initial policy, so the first update's KL to it is ~0 only if the sharded reference's
+    log-probs reached the learner in each group's own order (zeros or shuffled rows would give a large KL)."""
+    import json
+
+    from cdra_ray.actors.reference_group import ReferenceGroup
+    from cdra_ray.actors.wiring import stop_actors
+    from cdra_ray.config import load_config
+    from cdra_ray.train import build_run
+
+    config = load_config("tiny_test", [f"run.output_dir={tmp_path}", "run.progress_bar=false",
+                                       "rollout.engine=hf", "reward.engine=hf", "learner.reference_num_ranks=2",
+                                       "train.total_updates=1", "train.groups_per_update=2"])
+    driver, actors = build_run(config)
+    try:
+        assert isinstance(actors.reference, ReferenceGroup) and actors.reference.num_ranks == 2
+        summary = driver.run(progress=False)
+    finally:
+        stop_actors(actors)
+    assert summary["updates"] == 1
+    run_dir = tmp_path / "tiny_test"
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    first = metrics[0]
+    print(f"first update: learner/kl_mean={first['learner/kl_mean']:.2e}")
+    assert first["learner/num_samples"] == 2 * config.rollout.group_size
+    assert abs(first["learner/kl_mean"]) < 1e-4
