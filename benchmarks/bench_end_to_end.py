@@ -1,6 +1,7 @@
 """End to end: cdra_ray (synchronous, and max_staleness=1) vs TRL 1.16 GRPOTrainer on equal work.
 
-Equal work, both sides: SmolLM2-135M-Instruct (fp32), G responses per prompt, the same prompts in the same order
+Equal work, both sides: SmolLM2-135M-Instruct (fp32; ``--precision bf16``: cdra_ray ``model.dtype=bfloat16``
+in every role, TRL ``bf16=True``, both keeping fp32 master weights), G responses per prompt, the same prompts in the same order
 (the first bundled PrefEval scenarios rendered with cdra_ray's inference prompt; TRL applies the same chat
 template to the same messages), the same maximum completion length, temperature and top-p, the same outcome
 reward function (:func:`rule_reward`, below), GRPO advantages (group-normalised outcome), beta > 0 with a frozen
@@ -26,6 +27,7 @@ Target: end to end >= 1.5 x TRL's throughput (prompts/s).
 
     python benchmarks/bench_end_to_end.py                          # trl, trl:malloc, sync, async; G=5, 64 tokens
     python benchmarks/bench_end_to_end.py --variants trl,sync --max-completion 16 --repeats 1
+    python benchmarks/bench_end_to_end.py --variants trl:malloc,sync --precision bf16 --rounds 2
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="both systems: fp32, or bf16 compute with fp32 master weights (cdra_ray model.dtype, "
+                        "TRL bf16=True)")
     p.add_argument("--sync-cpus", type=float, default=2, help="cdra_ray sync: num_cpus (= threads) per actor")
     p.add_argument("--async-cpus", type=float, default=2, help="cdra_ray async: num_cpus (= threads) per actor")
     p.add_argument("--warmup", type=int, default=1, help="updates not counted")
@@ -152,7 +157,7 @@ def child_trl(args, scenarios) -> dict:
     config = GRPOConfig(
         output_dir=args._out, per_device_train_batch_size=args.group_size * args.prompts_per_update,
         num_generations=args.group_size, max_completion_length=args.max_completion, temperature=args.temperature,
-        top_p=args.top_p, beta=args.beta, learning_rate=args.lr, use_cpu=True, bf16=False, report_to=[],
+        top_p=args.top_p, beta=args.beta, learning_rate=args.lr, use_cpu=True, bf16=args.precision == "bf16", report_to=[],
         save_strategy="no", logging_steps=1, max_steps=updates, shuffle_dataset=False,
         gradient_checkpointing=args.gradient_checkpointing, loss_type="dapo", disable_dropout=True, seed=0,
         dataloader_num_workers=0, lr_scheduler_type="constant",
@@ -188,7 +193,7 @@ def child_cdra(args, data_path: str, staleness: int, cpus: float) -> dict:
         f"train.total_updates={updates}", f"train.groups_per_update={args.prompts_per_update}",
         f"train.max_staleness={staleness}",
         f"run.output_dir={args._out}", f"run.name=cdra_s{staleness}", "run.progress_bar=false",
-        "run.tensorboard=false",
+        "run.tensorboard=false", f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
     ]
     config = load_config("cpu_demo", overrides)
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False,
@@ -232,6 +237,23 @@ def label(spec: str, args) -> str:
     if spec == "trl:malloc":
         return f"{LABELS[kind]}, cdra_ray's malloc env"
     return LABELS[kind] if cpus is None else f"{LABELS[kind]}, {cpus:g} cpu/actor"
+
+
+def per_round_ratios(runs: dict[str, list[dict]], counted: slice) -> dict[str, list[float]]:
+    """For each cdra_ray system, its prompts/s over the faster TRL run's in each round (A B C, A B C: runs of one
+    round are neighbours in time, so they saw similar outside load)."""
+    rounds = min((len(rs) for rs in runs.values() if rs), default=0)
+    out = {}
+    for v, rs in runs.items():
+        if v.startswith("trl") or len(rs) < rounds:
+            continue
+        ratios = []
+        for i in range(rounds):
+            trl = [common.median(r[i]["seconds"][counted]) for k, r in runs.items() if k.startswith("trl") and len(r) > i]
+            if trl:
+                ratios.append(common.ratio(min(trl), common.median(rs[i]["seconds"][counted])))
+        out[v] = ratios
+    return out
 
 
 def main(argv=None) -> dict:
@@ -313,10 +335,14 @@ def main(argv=None) -> dict:
                          + f"; stale groups dropped: {results[v].get('dropped_stale'):.0f}")
     for v, s in summary.items():
         notes.append(f"{v}: 1-min load average before/after each run {s['load_avg_1min']}")
+    per_round = per_round_ratios(runs, counted)
+    for v, ratios in per_round.items():
+        summary[v]["over_trl_per_round"] = ratios
+        notes.append(f"{v} x best TRL of the same round, round by round: " + " / ".join(f"{x:.2f}" for x in ratios))
     for v, errs in failures.items():
         notes.append(f"{v} FAILED in {len(errs)} run(s): {errs[0][-300:]!r}")
     table = common.format_table(headers, rows, title=(
-        f"End to end, SmolLM2-135M fp32: G={args.group_size}, {args.prompts_per_update} prompt(s)/update, <= "
+        f"End to end, SmolLM2-135M {args.precision}: G={args.group_size}, {args.prompts_per_update} prompt(s)/update, <= "
         f"{args.max_completion} completion tokens, beta={args.beta}; median over {args.rounds} round(s) x "
         f"{args.repeats} updates, each run after {args.warmup} warm-up update(s)"))
     payload = {"settings": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "raw": results,

@@ -21,6 +21,14 @@ The slowest phase of the steady state is marked.
     python benchmarks/bench_phases.py                                   # cpu_demo, 3 updates
     python benchmarks/bench_phases.py --config tiny_test --updates 3    # seconds, a smoke check
     python benchmarks/bench_phases.py train.max_staleness=1 rollout.max_new_tokens=96
+
+``--before "k=v ..."`` first runs the same updates with those overrides added (the settings of an earlier
+version), then the preset as it is, and prints both tables and one more: each phase's steady mean after over
+before. The work is the same (prompts, G, token caps, seeds); sampled lengths can differ, so the generated
+tokens per update are printed beside the times. The settings cpu_demo had before its roles went bf16:
+
+    python benchmarks/bench_phases.py --updates 4 train.groups_per_update=2 rollout.max_new_tokens=128 \
+        reward.critique_max_tokens=128 --before "model.dtype=float32 reward.dtype=bfloat16 reward.score_pass=separate"
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--config", default="cpu_demo", help="preset name in configs/ or a YAML path")
     p.add_argument("--updates", type=int, default=3, help="updates to run (the first one counts as warm-up)")
     p.add_argument("--keep-checkpoint", action="store_true", help="also time the end-of-run checkpoint")
+    p.add_argument("--before", default="",
+                   help="space-separated overrides of a 'before' run measured first in the same invocation")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (as for cdra-ray train)")
     return p.parse_args(argv)
 
@@ -100,20 +110,45 @@ def phase_table(history: list[dict], walls: list[float], synchronous: bool) -> t
 def main(argv=None) -> dict:
     args = parse_args(argv)
     common.quiet_logs()
+    if not args.before:
+        return measure(args, args.overrides)
+    before = measure(args, [*args.overrides, *args.before.split()], label="before")
+    after = measure(args, args.overrides, label="after")
+    rows = []
+    for phase in after["steady_mean"]:
+        b, a = before["steady_mean"].get(phase), after["steady_mean"][phase]
+        if b is not None:
+            rows.append([phase, b, a, common.ratio(b, a)])
+    tokens = [common.median(run["tokens_generated"][1:] or run["tokens_generated"]) for run in (before, after)]
+    rows.append(["generated tokens", *tokens, common.ratio(tokens[1], tokens[0])])
+    title = (f"Steady-state seconds per update, before ({args.before}) vs after (the preset as it is); "
+             f"--config {args.config} {' '.join(args.overrides)}")
+    payload = {"before_overrides": args.before.split(), "before": before, "after": after,
+               "speedup_wall": common.ratio(before["steady_mean"]["wall"], after["steady_mean"]["wall"])}
+    common.print_report(common.format_table(["phase", "before", "after", "before / after"], rows, title=title),
+                        "phases_before_after", payload,
+                        ["before / after > 1: the phase got faster; work per update is the same, sampled "
+                         "lengths may differ (generated tokens row)"])
+    return payload
+
+
+def measure(args, overrides: list[str], label: str = "") -> dict:
+    """Run the updates with ``overrides`` and print their phase table; returns the table's payload."""
     with tempfile.TemporaryDirectory(prefix="bench_phases_") as tmp:
-        history, walls, config, setup_s = run_updates(args.config, args.updates, args.overrides,
+        history, walls, config, setup_s = run_updates(args.config, args.updates, overrides,
                                                       args.keep_checkpoint, Path(tmp))
     synchronous = config.train.max_staleness == 0
     headers, rows, info = phase_table(history, walls, synchronous)
     gen_tokens = [m.get("tokens/generated", float("nan")) for m in history]
-    title = (f"Phases of a cdra_ray update: --config {args.config} {' '.join(args.overrides)} (rollout "
+    title = (f"Phases of a cdra_ray update{f' ({label})' if label else ''}: --config {args.config} "
+             f"{' '.join(overrides)} (rollout "
              f"{config.rollout.engine}, reward {config.reward.kind}/{config.reward.engine}, G={config.rollout.group_size},"
              f" B={config.train.groups_per_update}, max_staleness={config.train.max_staleness}); seconds")
     notes = [f"actor start-up (not in the table): {setup_s:.1f} s",
              f"generated tokens per update: {[int(t) for t in gen_tokens]}",
              f"slowest steady-state phase: {info['slowest']}",
              "generate/reward/reference run inside the actors while the driver waits (they overlap 'wait')"]
-    payload = {"config": args.config, "overrides": args.overrides, "updates": args.updates,
+    payload = {"config": args.config, "overrides": overrides, "updates": args.updates,
                "max_staleness": config.train.max_staleness, "setup_s": setup_s, "walls": walls,
                "tokens_generated": gen_tokens, **info, "machine": common.machine_info()}
     common.print_report(common.format_table(headers, rows, title=title), "phases", payload, notes)

@@ -85,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--update-fp32-child", type=int, default=1,
                    help="1: also score the update's groups with a float32 judge and vLLM's default KV block in a child "
                         "process (the settings of presets without reward.dtype / reward.kv_block_size)")
+    p.add_argument("--update-speculative", type=int, default=4,
+                   help="K > 0: also score the update's groups with the after settings plus n-gram speculative "
+                        "decoding of up to K draft tokens (reward.speculative_tokens) in a child process; 0: skip")
     p.add_argument("--_update_child", default="", help=argparse.SUPPRESS)
     p.add_argument("--replicas", default="1,2",
                    help="comma list of reward.num_replicas measured as Ray actors on the largest B ('' = none)")
@@ -300,6 +303,8 @@ def update_child(args) -> dict:
 
     spec = json.loads(args._update_child)
     extra = {"block_size": spec["block_size"]} if spec.get("block_size") else {}
+    if spec.get("speculative_tokens"):
+        extra["speculative_tokens"] = spec["speculative_tokens"]
     model_dir = str(smollm2_dir()) if args.model == "smollm2" else args.model
     engine = create_engine("vllm", model_dir, dtype=spec["dtype"], max_model_len=4096, kv_cache_gb=2, **extra)
     with open(spec["groups_file"], "rb") as f:
@@ -336,17 +341,26 @@ def update_before_after(engine, args) -> dict:
                       "scores": rs[0][3], "dtype": args.dtype, "block": args.block_size or "default",
                       "score_pass": variants[name]["score_pass"]} for name, rs in runs.items()}
     names = list(variants)
+    children = {}  # engine-level variants: each needs its own engine, so its own process
     if args.update_fp32_child:
-        print("[reward] update with a float32 judge (child process)", file=sys.stderr)
-        with tempfile.TemporaryDirectory() as tmp:
-            groups_file = Path(tmp) / "groups.pkl"
-            groups_file.write_bytes(pickle.dumps(groups))
-            spec = {"dtype": "float32", "block_size": None, "options": {"score_pass": "separate"},
-                    "groups_file": str(groups_file)}
+        children["before, float32"] = {"dtype": "float32", "block_size": None, "options": {"score_pass": "separate"}}
+    if args.update_speculative:
+        children[f"after, ngram {args.update_speculative}"] = {
+            "dtype": args.dtype, "block_size": args.block_size, "options": {"score_pass": "streamed"},
+            "speculative_tokens": args.update_speculative}
+    with tempfile.TemporaryDirectory() as tmp:
+        groups_file = Path(tmp) / "groups.pkl"
+        groups_file.write_bytes(pickle.dumps(groups))
+        for name, spec in children.items():
+            print(f"[reward] update, {name} (child process)", file=sys.stderr)
             child = common.run_child([__file__, *common.argv_of(args, exclude=("_update_child",)),
-                                      "--_update_child", json.dumps(spec)], log_path=Path(tmp) / "child.log")
-        results["before, float32"] = {**child, "dtype": "float32", "block": "default", "score_pass": "separate"}
+                                      "--_update_child", json.dumps({**spec, "groups_file": str(groups_file)})],
+                                     log_path=Path(tmp) / "child.log")
+            results[name] = {**child, "dtype": spec["dtype"], "block": spec["block_size"] or "default",
+                             "score_pass": spec["options"]["score_pass"]}
+    if "before, float32" in results:
         names = ["before, float32"] + names
+    names += [name for name in children if name != "before, float32"]
     base = {name: common.median(results[name]["seconds"]) for name in names}
     # bf16 CPU kernels are not batch-invariant: when the score lines run beside other sequences, a near-tie in a
     # greedy critique or score token can flip, so count the scores equal to before's rather than expect all
