@@ -194,7 +194,8 @@ class ReferenceRankActor(Incarnation):
 @ray.remote
 class ReferenceFrontActor(ReferenceService, Incarnation):
     """The sharded reference's entry point: batches the streamed ``annotate_group`` calls as the single
-    reference actor does, and computes each batch on every rank (:class:`~cdra_ray.actors.reference_group.RankFanout`)."""
+    reference actor does and computes each batch on every rank
+    (:class:`~cdra_ray.actors.reference_group.RankFanout`)."""
 
     def __init__(self, ranks: list):
         configure_actor_logs("reference_front")
