@@ -97,7 +97,7 @@ def concurrent_threads(config) -> list[tuple[str, int]]:
     r, w, lc, t = config.rollout, config.reward, config.learner, config.train
     roles = [("rollout.num_cpus", threads_for(r.num_cpus) * r.num_workers),
              ("reward.num_cpus", threads_for(w.num_cpus)),
-             ("learner.num_cpus", threads_for(lc.num_cpus))]  # the reference actor (it takes learner.num_cpus)
+             ("learner.num_cpus", threads_for(lc.num_cpus) * lc.reference_num_ranks)]  # the reference's ranks
     if t.groups_per_update * (1 + t.max_staleness) == 1:
         return [max(roles + [("learner.num_cpus", threads_for(lc.num_cpus))], key=lambda kv: kv[1])]
     if t.max_staleness == 0:

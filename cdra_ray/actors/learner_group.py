@@ -20,40 +20,22 @@ task); the other ranks' results are checked by the next call on all ranks.
 Placement: one bundle of ``learner.num_cpus`` CPUs and ``learner.num_gpus`` GPUs per rank in a Ray placement
 group, ``learner.placement_strategy`` ``STRICT_PACK`` (one node) or ``PACK`` (several nodes allowed: the
 checkpoint directory must then be on a file system every node shares). Rank 0 picks the rendezvous address and
-port on its own node; the other ranks are given them. The reference policy stays one separate actor.
+port on its own node; the other ranks are given them (:mod:`cdra_ray.actors.ranks`, shared with the sharded
+reference of :mod:`cdra_ray.actors.reference_group`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import ray
 
-GRACE_S = 30.0  # how long the other ranks may take to finish after one rank failed
-PLACEMENT_TIMEOUT_S = 300.0
+from cdra_ray.actors.ranks import GRACE_S, PLACEMENT_TIMEOUT_S, kill_ranks, place_ranks, rendezvous  # noqa: F401
+from cdra_ray.actors.ranks import rank0_result as _rank0_result
 
 ALL_RANKS = ("train_on_groups", "save_state", "load_state", "save_policy", "incarnation")
 ALL_RANKS_UNDER_ZERO3 = ("export_weights", "sequence_logprobs", "broadcast_weights")
 RANK0_ONLY = ("policy_version", "connect_weight_sync")
-
-
-@ray.remote(num_cpus=0)
-def _rank0_result(refs: list, ranks: list, also: list) -> Any:
-    """Wait for every rank's result (and the ``also`` refs of earlier calls); return rank 0's."""
-    pending = [*refs, *also]
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            ray.get(ready)
-    except BaseException:
-        if pending:
-            _, stuck = ray.wait(pending, num_returns=len(pending), timeout=GRACE_S)
-            if stuck:
-                for rank in ranks:
-                    ray.kill(rank)
-        raise
-    return ray.get(refs[0])
 
 
 @dataclass
@@ -102,51 +84,22 @@ class LearnerGroup:
         return _rank0_result.remote(refs, self.ranks, also)
 
     def kill(self) -> None:
-        for rank in self.ranks:
-            ray.kill(rank)
-        if self.placement is not None:
-            from ray.util import remove_placement_group
-
-            remove_placement_group(self.placement)
-            self.placement = None
+        kill_ranks(self.ranks, self.placement)
+        self.placement = None
 
 
 def start_learner_group(settings, *, num_ranks: int, num_cpus: float, num_gpus: float, env_vars: dict[str, str],
                         strategy: str = "STRICT_PACK", resources: dict | None = None) -> LearnerGroup:
     """Place ``num_ranks`` learner actors, rendezvous them and build every rank's DeepSpeed engine.
     ``resources``: custom resources (``learner.resources``) each rank's bundle asks for."""
-    from ray.util import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
     from cdra_ray.actors.shells import LearnerActor
 
-    custom = {name: float(amount) for name, amount in (resources or {}).items()}
-    bundle = {**{k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}, **custom}
-    placement = None
-    if bundle:
-        placement = placement_group([dict(bundle) for _ in range(num_ranks)], strategy=strategy)
-        ready, _ = ray.wait([placement.ready()], timeout=PLACEMENT_TIMEOUT_S)
-        if not ready:
-            from ray.util import remove_placement_group
-
-            remove_placement_group(placement)
-            raise RuntimeError(
-                f"cannot place learner.num_ranks={num_ranks} ranks of {bundle} each ({strategy}, "
-                f"learner.placement_strategy) within {PLACEMENT_TIMEOUT_S:.0f} s: the cluster has "
-                f"{ray.cluster_resources()}; lower learner.num_ranks / learner.num_gpus or add nodes")
-    ranks = []
-    for rank in range(num_ranks):
-        scheduling = ({"scheduling_strategy": PlacementGroupSchedulingStrategy(placement, rank)}
-                      if placement is not None else {})
-        ranks.append(LearnerActor.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0,
-                                          runtime_env={"env_vars": env_vars},
-                                          **({"resources": custom} if custom else {}), **scheduling
-                                          ).remote(rank, num_ranks))
+    ranks, placement = place_ranks(LearnerActor, what="learner", num_ranks=num_ranks, num_cpus=num_cpus,
+                                   num_gpus=num_gpus, env_vars=env_vars, strategy=strategy, resources=resources,
+                                   ranks_key="learner.num_ranks", gpus_key="learner.num_gpus")
     group = LearnerGroup(ranks, placement, zero_stage=settings.zero_stage)
     try:
-        address, port = ray.get(ranks[0].endpoint.remote())
-        settings_ref = ray.put(settings)
-        ray.get(_rank0_result.remote([r.start.remote(settings_ref, address, port) for r in ranks], ranks, []))
+        rendezvous(ranks, settings)
     except BaseException:
         group.kill()
         raise

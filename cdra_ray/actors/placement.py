@@ -20,7 +20,7 @@ def custom_resources(resources: dict) -> dict:
 def custom_resource_demand(config: Config) -> dict[str, float]:
     """Total amount of each custom resource the run's actors ask for."""
     counts = {"rollout.resources": config.rollout.num_workers, "reward.resources": config.reward.num_replicas,
-              "learner.resources": config.learner.num_ranks + 1}  # every learner rank and the reference
+              "learner.resources": config.learner.num_ranks + config.learner.reference_num_ranks}  # learner + reference ranks
     demand: dict[str, float] = {}
     for key in RESOURCE_KEYS:
         section = getattr(config, key.split(".")[0])

@@ -152,3 +152,53 @@ class LearnerActor(Incarnation):
 
         for _ in self.learner.weight_source(getattr(torch, self.learner.settings.dtype)):
             pass
+
+
+@ray.remote
+class ReferenceRankActor(Incarnation):
+    """One rank of a sharded reference (``learner.reference_num_ranks`` > 1): a thin shell over
+    :class:`~cdra_ray.learner.reference_sharded.ShardedReferencePolicy`, started in two steps like a learner rank
+    (:mod:`cdra_ray.actors.ranks`). :class:`~cdra_ray.actors.reference_group.ReferenceGroup` drives the ranks."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1):
+        configure_actor_logs("reference" if rank == 0 else f"reference_rank{rank}")
+        self.rank, self.world_size = rank, world_size
+        self.policy = None
+
+    def endpoint(self) -> tuple[str, int]:
+        from cdra_ray.learner.weight_sync_gpu import rendezvous_endpoint
+
+        return rendezvous_endpoint()
+
+    def start(self, model_dir: str, options: dict, master_address: str, master_port: int) -> None:
+        import os
+
+        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(self.world_size),
+                           "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)})
+        from cdra_ray.learner.reference_sharded import ShardedReferencePolicy
+
+        threads = apply_granted_threads(options.get("num_threads", 1), f"reference rank {self.rank}")
+        backend = "nccl" if options.get("device", "cpu") == "cuda" else "gloo"
+        self.policy = ShardedReferencePolicy(model_dir, dist_backend=backend, **{**options, "num_threads": threads})
+
+    def share_logprobs(self, groups):
+        return self.policy.share_logprobs(groups)
+
+    def partition_numel(self) -> tuple[int, int]:
+        return self.policy.partition_numel()
+
+    def loaded_partitioned(self) -> bool:
+        return self.policy.loaded_partitioned
+
+
+@ray.remote
+class ReferenceFrontActor(ReferenceService, Incarnation):
+    """The sharded reference's entry point: batches the streamed ``annotate_group`` calls as the single
+    reference actor does and computes each batch on every rank
+    (:class:`~cdra_ray.actors.reference_group.RankFanout`)."""
+
+    def __init__(self, ranks: list):
+        configure_actor_logs("reference_front")
+        from cdra_ray.actors.reference_group import RankFanout
+
+        super().__init__(RankFanout(ranks))

@@ -1,7 +1,8 @@
 """Start and stop the actors of one run: placement, resources and each actor's process environment.
 
 The shells are in ``shells.py``, their constructor arguments in ``constructors.py``, the process environment in
-``environment.py``, the weight publishers in ``publishers.py`` and the learner's ranks in ``learner_group.py``.
+``environment.py``, the weight publishers in ``publishers.py``, the learner's ranks in ``learner_group.py`` and a
+sharded reference's (``learner.reference_num_ranks`` > 1) in ``reference_group.py``.
 Resources come from the config (``rollout.num_cpus``, ``learner.num_gpus``, ``learner.num_ranks``...). Placement is
 by Ray resources only, never by host name: a role's ``resources`` (``rollout.resources``, ``reward.resources``,
 ``learner.resources`` for every learner rank and the reference) are custom resources its actors ask for, so nodes
@@ -24,6 +25,7 @@ from cdra_ray.actors.constructors import (
 from cdra_ray.actors.environment import actor_env, threads_for  # noqa: F401  (threads_for: re-exported)
 from cdra_ray.actors.learner_group import LearnerGroup, start_learner_group
 from cdra_ray.actors.placement import check_custom_resources, custom_resources
+from cdra_ray.actors.reference_group import ReferenceGroup, start_reference_group
 from cdra_ray.actors.publishers import create_publisher
 from cdra_ray.actors.reward_pool import RewardPool
 from cdra_ray.actors.shells import ReferenceActor, RewardActor, RolloutActor
@@ -64,23 +66,34 @@ def start_actors(config: Config, policy_dir: str, reference_dir: str, reward_dir
         for _ in range(w.num_replicas)
     ]
     reference_gpus = lc.num_gpus if lc.reference_num_gpus is None else lc.reference_num_gpus
-    reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=reference_gpus,
-                                       max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
-                                       **custom_resources(lc.resources),
-                                       runtime_env={"env_vars": actor_env(lc.num_cpus)}
-                                       ).remote(reference_dir, reference_options(config))
-    learner = None
-    try:  # the learner's ranks start DeepSpeed together (construction errors surface here)
+    reference = learner = None
+    if lc.reference_num_ranks == 1:
+        reference = ReferenceActor.options(num_cpus=lc.num_cpus, num_gpus=reference_gpus,
+                                           max_concurrency=MAX_CONCURRENT_CALLS, **restart_options(config),
+                                           **custom_resources(lc.resources),
+                                           runtime_env={"env_vars": actor_env(lc.num_cpus)}
+                                           ).remote(reference_dir, reference_options(config))
+    try:  # the learner's (and a sharded reference's) ranks start DeepSpeed together: errors surface here
+        if reference is None:
+            reference = start_reference_group(reference_dir, reference_options(config),
+                                              num_ranks=lc.reference_num_ranks, num_cpus=lc.num_cpus,
+                                              num_gpus=reference_gpus, env_vars=actor_env(lc.num_cpus),
+                                              strategy=lc.placement_strategy, resources=lc.resources,
+                                              max_concurrency=MAX_CONCURRENT_CALLS)
         learner = start_learner_group(learner_settings(config, policy_dir), num_ranks=lc.num_ranks,
                                       num_cpus=lc.num_cpus, num_gpus=lc.num_gpus, env_vars=actor_env(lc.num_cpus),
                                       strategy=lc.placement_strategy, resources=lc.resources)
         # Surface construction errors (bad model dir, engine failure) now, with the actor that failed.
-        ray.get([a.__ray_ready__.remote() for a in [*workers, *replicas, reference]])
+        single = [] if isinstance(reference, ReferenceGroup) else [reference]
+        ray.get([a.__ray_ready__.remote() for a in [*workers, *replicas, *single]])
     except BaseException:
-        for actor in [*workers, *replicas, reference]:
+        for actor in [*workers, *replicas]:
             ray.kill(actor)
-        if learner is not None:
-            learner.kill()
+        for group in (reference, learner):
+            if isinstance(group, (LearnerGroup, ReferenceGroup)):
+                group.kill()
+            elif group is not None:
+                ray.kill(group)
         raise
     publisher = create_publisher(r.weight_sync, learner, workers, r.tensor_parallel_size)
     reward = replicas[0] if len(replicas) == 1 else RewardPool(replicas)
@@ -94,16 +107,17 @@ def reward_replicas(actors: Actors) -> list:
 
 
 def stop_actors(actors: Actors) -> None:
-    for actor in [*actors.rollout_workers, *reward_replicas(actors), actors.reference]:
+    for actor in [*actors.rollout_workers, *reward_replicas(actors)]:
         ray.kill(actor)
-    if isinstance(actors.learner, LearnerGroup):
-        actors.learner.kill()
-    else:
-        ray.kill(actors.learner)
+    for group in (actors.reference, actors.learner):
+        if isinstance(group, (LearnerGroup, ReferenceGroup)):
+            group.kill()
+        else:
+            ray.kill(group)
 
 
 def total_cpus(config: Config) -> float:
-    """Logical CPUs of a run: rollout engines, the reward actor, the reference and every learner rank."""
+    """Logical CPUs of a run: rollout engines, the reward actor, every reference rank and every learner rank."""
     c = config
     return (c.rollout.num_cpus * c.rollout.num_workers + c.reward.num_cpus * c.reward.num_replicas
-            + (1 + c.learner.num_ranks) * c.learner.num_cpus)
+            + (c.learner.reference_num_ranks + c.learner.num_ranks) * c.learner.num_cpus)

@@ -227,6 +227,9 @@ def validate(config: Config) -> None:
                           "reward.engine only")
     if config.learner.num_ranks < 1:
         raise ConfigError(f"learner.num_ranks={config.learner.num_ranks}: must be >= 1 (data-parallel learner ranks)")
+    if config.learner.reference_num_ranks < 1:
+        raise ConfigError(f"learner.reference_num_ranks={config.learner.reference_num_ranks}: must be >= 1 "
+                          "(1 = one reference actor with the whole model, N = a ZeRO-3 partition on each of N ranks)")
     if config.learner.reference_num_gpus is not None and config.learner.reference_num_gpus < 0:
         raise ConfigError(f"learner.reference_num_gpus={config.learner.reference_num_gpus}: must be >= 0 or null")
     if config.learner.zero_stage not in (0, 1, 2, 3):

@@ -144,7 +144,8 @@ class LearnerConfig:
     num_gpus: float = 0.0  # per rank
     num_ranks: int = 1  # data-parallel DeepSpeed ranks (Ray actors in one placement group; gloo on CPU, nccl on GPU)
     placement_strategy: str = "STRICT_PACK"  # the ranks' placement group: STRICT_PACK (one node) | PACK
-    reference_num_gpus: Optional[float] = None  # the reference actor's GPUs; None = learner.num_gpus
+    reference_num_gpus: Optional[float] = None  # the reference actor's GPUs (per rank); None = learner.num_gpus
+    reference_num_ranks: int = 1  # >1: the reference sharded (ZeRO-3) over that many ranks, like the learner
     resources: Dict[str, float] = field(default_factory=dict)  # Ray custom resources of each rank and the reference
 
 

@@ -1,6 +1,7 @@
 """The frozen reference policy pi_ref: per-token log-probs of sampled responses, for the KL term.
 
-Plain transformers in inference mode (no DeepSpeed: nothing to train, nothing to shard on these machines).
+Plain transformers in inference mode, the whole model in one process; a ZeRO-3 partition of it on each of
+several ranks is :class:`~cdra_ray.learner.reference_sharded.ShardedReferencePolicy`.
 By default the rows of a group stay together in a micro-batch and their shared prompt runs once
 (:func:`~cdra_ray.learner.logprobs.shared_prompt_logprobs`); with ``share_prompt_forward=False`` rows are sorted by
 length instead, so short responses are not padded to the longest one. Results come back in the groups' own order.
@@ -66,6 +67,20 @@ class ReferencePolicy:
     def logprobs(self, groups: list[Group]) -> list[torch.Tensor]:
         """Per group a (G, C) float32 tensor of log pi_ref per response token, C = the group's longest response,
         0 beyond each response's end (the layout of ``Group.ref_logprobs``)."""
+        return self.compute(groups)
+
+    def forwards(self, num_rows: int) -> int:
+        """Forward passes :meth:`compute` runs for ``num_rows`` rows (without shared prompts: one per micro-batch)."""
+        return -(-num_rows // self.micro_batch_size)
+
+    def padding_forward(self) -> None:
+        """A one-token forward pass whose result is dropped (a ZeRO-3 rank with less work keeps pace with the
+        others: every forward gathers the parameters collectively)."""
+        ids = torch.full((1, 1), self.pad_token_id, dtype=torch.long, device=self.device)
+        self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    def compute(self, groups: list[Group]) -> list[torch.Tensor]:
+        """:meth:`logprobs` without the grad mode (the caller chooses it)."""
         if not groups:
             return []
         batch = build_batch(groups, pad_token_id=self.pad_token_id, require_rewards=False)
