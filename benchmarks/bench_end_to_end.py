@@ -105,6 +105,10 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--cdra-overrides", default="",
+                   help="space-separated cdra_ray config overrides of the cdra_ray runs, e.g. "
+                        "'rollout.enforce_eager=false' (a compiled rollout engine; compiling happens before the "
+                        "first update, outside the timed ones)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="both systems: fp32, or bf16 compute with fp32 master weights (cdra_ray model.dtype, "
                         "TRL bf16=True)")
@@ -194,6 +198,7 @@ def child_cdra(args, data_path: str, staleness: int, cpus: float) -> dict:
         f"train.max_staleness={staleness}",
         f"run.output_dir={args._out}", f"run.name=cdra_s{staleness}", "run.progress_bar=false",
         "run.tensorboard=false", f"model.dtype={'bfloat16' if args.precision == 'bf16' else 'float32'}",
+        *args.cdra_overrides.split(),
     ]
     config = load_config("cpu_demo", overrides)
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False,
