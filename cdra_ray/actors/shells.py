@@ -59,8 +59,32 @@ class ReferenceActor(ReferenceService, Incarnation):
         super().__init__(ReferencePolicy(model_dir, **{**options, "num_threads": threads}))
 
 
+class ProcessGroupRank(Incarnation):
+    """One rank of a torch.distributed group started in two steps: the actor starts empty, rank 0 picks the
+    rendezvous endpoint on its own node (:meth:`endpoint`), then every rank joins with it (:meth:`join`) in its
+    ``start`` (:mod:`cdra_ray.actors.ranks` drives both steps)."""
+
+    def __init__(self, role: str, rank: int, world_size: int):
+        configure_actor_logs(role if rank == 0 else f"{role}_rank{rank}")
+        self.rank, self.world_size = rank, world_size
+
+    def endpoint(self) -> tuple[str, int]:
+        """(address, port) of the process group's store, free on this actor's node."""
+        from cdra_ray.learner.weight_sync_gpu import rendezvous_endpoint
+
+        return rendezvous_endpoint()
+
+    def join(self, master_address: str, master_port: int) -> None:
+        """The environment torch.distributed reads when this process joins the group."""
+        import os
+
+        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so every rank's device is local index 0.
+        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(self.world_size),
+                           "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)})
+
+
 @ray.remote
-class LearnerActor(Incarnation):
+class LearnerActor(ProcessGroupRank):
     """One rank of the learner: a thin shell over :class:`~cdra_ray.learner.learner.Learner`.
 
     Built in two steps because the ranks must start DeepSpeed together: the actor starts empty, rank 0 picks
@@ -70,22 +94,11 @@ class LearnerActor(Incarnation):
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1):
-        configure_actor_logs("learner" if rank == 0 else f"learner_rank{rank}")
-        self.rank, self.world_size = rank, world_size
+        super().__init__("learner", rank, world_size)
         self.learner = None
 
-    def endpoint(self) -> tuple[str, int]:
-        """(address, port) of the process group's store, free on this actor's node."""
-        from cdra_ray.learner.weight_sync_gpu import rendezvous_endpoint
-
-        return rendezvous_endpoint()
-
     def start(self, settings, master_address: str, master_port: int) -> None:
-        import os
-
-        # Ray gives each GPU actor its own CUDA_VISIBLE_DEVICES, so every rank's device is local index 0.
-        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(self.world_size),
-                           "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)})
+        self.join(master_address, master_port)
         from cdra_ray.learner.learner import Learner
 
         threads = apply_granted_threads(settings.num_threads, "learner")
@@ -155,26 +168,17 @@ class LearnerActor(Incarnation):
 
 
 @ray.remote
-class ReferenceRankActor(Incarnation):
+class ReferenceRankActor(ProcessGroupRank):
     """One rank of a sharded reference (``learner.reference_num_ranks`` > 1): a thin shell over
     :class:`~cdra_ray.learner.reference_sharded.ShardedReferencePolicy`, started in two steps like a learner rank
     (:mod:`cdra_ray.actors.ranks`). :class:`~cdra_ray.actors.reference_group.ReferenceGroup` drives the ranks."""
 
     def __init__(self, rank: int = 0, world_size: int = 1):
-        configure_actor_logs("reference" if rank == 0 else f"reference_rank{rank}")
-        self.rank, self.world_size = rank, world_size
+        super().__init__("reference", rank, world_size)
         self.policy = None
 
-    def endpoint(self) -> tuple[str, int]:
-        from cdra_ray.learner.weight_sync_gpu import rendezvous_endpoint
-
-        return rendezvous_endpoint()
-
     def start(self, model_dir: str, options: dict, master_address: str, master_port: int) -> None:
-        import os
-
-        os.environ.update({"RANK": str(self.rank), "LOCAL_RANK": "0", "WORLD_SIZE": str(self.world_size),
-                           "MASTER_ADDR": master_address, "MASTER_PORT": str(master_port)})
+        self.join(master_address, master_port)
         from cdra_ray.learner.reference_sharded import ShardedReferencePolicy
 
         threads = apply_granted_threads(options.get("num_threads", 1), f"reference rank {self.rank}")
